@@ -1,0 +1,3 @@
+"""crammer: pretrain a BERT-style masked language model on one GPU in a fixed time budget."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,157 @@
+"""Typed dataclass configs: named presets, `key=value` overrides from the command line, stable hashes.
+
+Every stage keeps its config as a small (possibly nested) dataclass. The CLI turns strings like
+`optim.lr=5e-4` or `model.num_layers=4` into typed values with `apply_overrides`, so a typo in a key
+or a value of the wrong type is a clear error instead of a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from typing import Any, Iterable, TypeVar, Union, get_args, get_origin
+
+from crammer.errors import CrammerError
+
+T = TypeVar("T")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90s', '10m', '1.5h', '24h', '2d' or a plain number of seconds -> seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if not m:
+            raise CrammerError(f"bad duration {text!r}: use e.g. 90s, 10m, 1.5h, 24h")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2).lower() if m.group(2) else None]
+    if seconds <= 0:
+        raise CrammerError(f"bad duration {text!r}: must be positive")
+    return seconds
+
+
+def _convert(value: str, tp: Any, key: str) -> Any:
+    """Parse the string `value` into type `tp` (bool/int/float/str/Optional/Literal/tuple/list)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value.lower() in ("none", "null") and len(args) < len(get_args(tp)):
+            return None
+        errors = []
+        for a in args:
+            try:
+                return _convert(value, a, key)
+            except CrammerError as e:
+                errors.append(str(e))
+        raise CrammerError(f"{key}: cannot parse {value!r} as {tp}")
+    if origin is typing.Literal:
+        choices = get_args(tp)
+        for c in choices:
+            if str(c) == value:
+                return c
+        raise CrammerError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+    if origin in (tuple, list):
+        parts = [p for p in value.strip("()[]").split(",") if p.strip()]
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(parts) != len(args):
+                raise CrammerError(f"{key}: expected {len(args)} comma-separated values, got {value!r}")
+            return tuple(_convert(p.strip(), a, key) for p, a in zip(parts, args))
+        item = args[0] if args else str
+        out = [_convert(p.strip(), item, key) for p in parts]
+        return tuple(out) if origin is tuple else out
+    if tp is bool:
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise CrammerError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        try:
+            return int(float(value)) if re.fullmatch(r"[-+]?\d+(\.0*)?(e\+?\d+)?", value, re.I) else int(value)
+        except ValueError:
+            raise CrammerError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        try:
+            return float(value)
+        except ValueError:
+            raise CrammerError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str or tp is Any:
+        return value
+    raise CrammerError(f"{key}: cannot set a field of type {tp} from the command line")
+
+
+def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
+    """Return a copy of dataclass `cfg` with `a.b.c=value` overrides applied (typed, validated)."""
+    for item in overrides:
+        if "=" not in item:
+            raise CrammerError(f"bad override {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        cfg = _set(cfg, key.strip().split("."), value.strip(), key.strip())
+    return cfg
+
+
+def _set(obj: Any, path: list[str], value: str, full_key: str) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        raise CrammerError(f"unknown config key {full_key!r}")
+    hints = typing.get_type_hints(type(obj))
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    name = path[0]
+    if name not in fields:
+        known = ", ".join(sorted(fields))
+        raise CrammerError(f"unknown config key {full_key!r} (known here: {known})")
+    current = getattr(obj, name)
+    if len(path) > 1:
+        new = _set(current, path[1:], value, full_key)
+    else:
+        if dataclasses.is_dataclass(current):
+            raise CrammerError(f"config key {full_key!r} is a section; set one of its fields")
+        new = _convert(value, hints[name], full_key)
+    return dataclasses.replace(obj, **{name: new})
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a (nested) dataclass from `to_dict` output; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise CrammerError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            kwargs[key] = from_dict(tp, value)
+        elif get_origin(tp) is tuple and isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_hash(cfg: Any) -> str:
+    """A short stable hash of a config (dataclass or dict), for caches and run identity."""
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def pick_preset(presets: dict[str, T], name: str, what: str = "preset") -> T:
+    """Look up a named preset, with the list of valid names in the error."""
+    try:
+        return presets[name]
+    except KeyError:
+        raise CrammerError(f"unknown {what} {name!r}; choose from: {', '.join(sorted(presets))}") from None
