@@ -1,0 +1,93 @@
+"""Named model presets and `key=value` overrides -> a validated `CrammedBertConfig`."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+from crammer.config import pick_preset
+from crammer.errors import CrammerError
+from crammer.model.configuration_crammed_bert import CrammedBertConfig
+
+# Every switch that turns the crammed recipe back into the original BERT architecture.
+ORIGINAL_ARCHITECTURE: dict[str, Any] = {
+    "norm_scheme": "post",
+    "use_bias": True,
+    "ffn_type": "mlp",
+    "position_embedding": "learned",
+    "type_vocab_size": 2,
+    "mlm_head_transform": True,
+}
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # The cramming paper's recipe: 16 layers, d=768, 12 heads, GLU 3072, seq 128 (the config defaults).
+    "crammed-bert": {},
+    # Small enough for CPU tests and the demo.
+    "tiny": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
+    "small": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
+    # The original BERT-base architecture (post-LN, biases, GELU MLP, learned positions, token types).
+    "bert-base": {
+        **ORIGINAL_ARCHITECTURE,
+        "num_hidden_layers": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 512,
+    },
+}
+
+# The architecture keys an override may set, with their defaults (whose types drive parsing).
+CONFIG_DEFAULTS: dict[str, Any] = {
+    name: param.default
+    for name, param in inspect.signature(CrammedBertConfig.__init__).parameters.items()
+    if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and name != "self"
+}
+
+
+# Keys that may also be set to None.
+NULLABLE_KEYS = frozenset({"pad_token_id"})
+
+
+def _parse(key: str, text: str, default: Any) -> Any:
+    """Parse `text` as the type of the key's default value (bool, int, float or str; None where allowed)."""
+    text = text.strip()
+    if text.lower() in ("none", "null"):
+        if key in NULLABLE_KEYS:
+            return None
+        raise CrammerError(f"model config {key}: cannot be None")
+    try:
+        if isinstance(default, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise CrammerError(f"model config {key}: expected {type(default).__name__}, got {text!r}") from None
+    return text
+
+
+def make_config(preset: str, vocab_size: int, overrides: Sequence[str] = ()) -> CrammedBertConfig:
+    """The config of a named preset (see MODEL_PRESETS) for a tokenizer's vocabulary, with overrides.
+
+    Overrides are `key=value` strings on config attributes, e.g. `num_hidden_layers=4` or
+    `position_embedding=rotary`; an unknown key or an invalid value is a one-line CrammerError.
+    """
+    kwargs = {**pick_preset(MODEL_PRESETS, preset, "model preset"), "vocab_size": vocab_size}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise CrammerError(f"bad model override {item!r}: expected key=value")
+        if key not in CONFIG_DEFAULTS:
+            raise CrammerError(f"unknown model config key {key!r}; valid keys: {', '.join(sorted(CONFIG_DEFAULTS))}")
+        kwargs[key] = _parse(key, value, CONFIG_DEFAULTS[key])
+    try:
+        return CrammedBertConfig(**kwargs)
+    except ValueError as e:
+        raise CrammerError(f"model preset {preset!r}: {e}") from None
