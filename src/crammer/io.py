@@ -12,6 +12,12 @@ from typing import Any, Iterator
 
 from crammer.errors import CrammerError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+# mkstemp/mkdtemp create private (0600/0700) entries; what we publish gets the usual permissions.
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable."""
@@ -39,6 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
     finally:
@@ -71,6 +78,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         fsync_dir(tmp)
+        os.chmod(tmp, DIR_MODE)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():

@@ -1,0 +1,100 @@
+"""`cram data prepare` and `cram data inspect`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+from crammer.config import apply_overrides, pick_preset
+from crammer.data.packed import PackedCorpus
+from crammer.data.prepare import ORDERS, PRESETS, DataConfig, prepare
+from crammer.errors import CrammerError
+
+# flag -> DataConfig field; a flag left unset keeps the preset's value
+_FLAGS = {
+    "out": "out", "vocab_size": "vocab_size", "seq_len": "seq_len", "filter_ratio": "filter_ratio",
+    "order": "order", "max_docs": "max_docs", "seed": "seed", "tokenizer": "tokenizer",
+    "text_field": "text_field", "workers": "workers",
+}
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="prepare and inspect pretraining corpora")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser(
+        "prepare",
+        help="raw text -> WordPiece tokenizer + packed training sequences",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train (or reuse) a WordPiece tokenizer, filter, deduplicate, pack and order a corpus.",
+        epilog="SRC: a file, folder or glob of .txt (blank-line separated documents), .jsonl/.json\n"
+        "(--text-field), .parquet, each optionally .gz/.xz/.zst/.bz2; hf:NAME[:CONFIG][@SPLIT] (hub,\n"
+        "streamed); or `pydoc`, CPython's bundled docs: an offline SMOKE corpus for tests and demos.\n"
+        "Append ::max_docs=N to a source to cap it, e.g. wiki.jsonl.xz::max_docs=1000.\n"
+        "Presets: " + ", ".join(sorted(PRESETS)) + ". Other fields: key=value, e.g. ascii_only=true "
+        "shard_sequences=4096 lowercase=false strip_accents=false.",
+    )
+    p.add_argument("--source", action="append", metavar="SRC", help="input (repeatable to mix sources)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset")
+    p.add_argument("--out", help="output folder (default: data)")
+    p.add_argument("--vocab-size", type=int, help="WordPiece vocabulary size (default 32768)")
+    p.add_argument("--seq-len", type=int, help="tokens per packed block (default 128)")
+    p.add_argument("--filter-ratio", type=float, help="keep a doc if tokens < ratio*chars; 0 disables (0.3)")
+    p.add_argument("--order", choices=ORDERS, help="block order (random); none keeps corpus order")
+    p.add_argument("--dedup", action="store_true", default=None, help="drop exact duplicate documents")
+    p.add_argument("--max-docs", type=int, help="read at most N documents over all sources")
+    p.add_argument("--seed", type=int, help="seed of the random order (0)")
+    p.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer (folder or tokenizer.json)")
+    p.add_argument("--text-field", help="JSON/parquet field holding the text (text)")
+    p.add_argument("--skip-bad", action="store_true", default=None, help="skip and count bad records")
+    p.add_argument("--workers", type=int, help=f"tokenizer processes (default 1; this machine has {os.cpu_count()} CPUs)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="set any DataConfig field")
+    p.set_defaults(func=_prepare)
+
+    i = sub.add_parser("inspect", help="print a prepared corpus's statistics and a few decoded sequences")
+    i.add_argument("path", metavar="DIR")
+    i.add_argument("-n", "--num", type=int, default=3, help="sequences to decode (3)")
+    i.set_defaults(func=_inspect)
+
+
+def config_from_args(args: argparse.Namespace) -> DataConfig:
+    if args.preset:
+        cfg = pick_preset(PRESETS, args.preset, "data preset")
+    elif args.source:
+        cfg = DataConfig()
+    else:
+        raise CrammerError("data prepare: give --source SRC (e.g. --source pydoc offline) or --preset NAME")
+    changes = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
+    if args.source:
+        changes["sources"] = tuple(args.source)
+    if args.dedup:
+        changes["dedup"] = True
+    if args.skip_bad:
+        changes["skip_bad"] = True
+    return apply_overrides(dataclasses.replace(cfg, **changes), args.overrides)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    prepare(config_from_args(args), progress=not args.quiet)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    corpus = PackedCorpus(args.path)
+    m = corpus.manifest
+    print(f"{corpus.path}: {m['format']}, {len(corpus)} sequences x {corpus.seq_len} tokens = "
+          f"{corpus.num_tokens:,} tokens, vocab {corpus.vocab_size} ({m['dtype']}), {len(m['shards'])} shard(s)")
+    if m.get("smoke_corpus"):
+        print(f"note: {m['note']}")
+    print(f"sources: {', '.join(m['sources'])}")
+    print(f"config {m['config_hash']}: " + ", ".join(
+        f"{k}={m['config'][k]}" for k in ("vocab_size", "seq_len", "filter_ratio", "order", "dedup", "max_docs")))
+    print("counts: " + ", ".join(f"{k}={v:,}" for k, v in m["counts"].items() if isinstance(v, int)))
+    print(f"time: {m['seconds']:.1f}s (tokenizer {m.get('tokenizer_seconds', 0):.1f}s)")
+    tok = corpus.tokenizer()
+    for index in range(min(args.num, len(corpus))):
+        text = tok.decode(corpus[index].tolist(), skip_special_tokens=False)
+        print(f"--- sequence {index} ---\n{text}")
+    return 0

@@ -1,0 +1,122 @@
+"""The WordPiece tokenizer: trained with `tokenizers`, saved so `AutoTokenizer.from_pretrained(DIR)` works.
+
+The normalization lives *inside* the tokenizer (a `tokenizers.normalizers` pipeline), so every later
+user of the saved tokenizer (pretraining, GLUE fine-tuning, the exported model) sees text exactly as
+the corpus was prepared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from crammer.errors import CrammerError
+
+SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+
+
+def build_normalizer(lowercase: bool, strip_accents: bool, ascii_only: bool) -> normalizers.Normalizer:
+    """The cramming recipe's normalization: NFD, lowercase, strip accents, optionally ASCII only."""
+    steps: list[normalizers.Normalizer] = [normalizers.NFD()]
+    if lowercase:
+        steps.append(normalizers.Lowercase())
+    if strip_accents:
+        steps.append(normalizers.StripAccents())
+    if ascii_only:
+        steps.append(normalizers.Replace(Regex(r"[^\x00-\x7F]"), ""))
+    return normalizers.Sequence(steps)
+
+
+def train_wordpiece(
+    texts: Iterable[str], vocab_size: int, normalizer: normalizers.Normalizer, show_progress: bool
+) -> Tokenizer:
+    """Train a BERT-style WordPiece tokenizer; a small corpus may give fewer than `vocab_size` tokens."""
+    tok = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"], max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        continuing_subword_prefix="##",
+        show_progress=show_progress,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return _canonical_ids(tok)
+
+
+def _canonical_ids(tok: Tokenizer) -> Tokenizer:
+    """Renumber the vocabulary deterministically.
+
+    The trainer's token *set* is reproducible but its ids follow Rust hash-map order, which changes
+    from process to process; WordPiece encoding depends only on the set, so sorting (special tokens
+    first, then single characters, then longer pieces) makes the same corpus give the same ids.
+    """
+    specials = list(SPECIAL_TOKENS.values())
+    rest = sorted((t for t in tok.get_vocab() if t not in specials),
+                  key=lambda t: (len(t.removeprefix("##")) > 1, t.startswith("##"), t))
+    vocab = {token: i for i, token in enumerate(specials + rest)}
+    tok.model = models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix="##",
+                                 max_input_chars_per_word=100)
+    return tok
+
+
+def load_tokenizer(name_or_path: str) -> Tokenizer:
+    """A given tokenizer: a `tokenizer.json`, a folder holding one, or a hub name (needs network)."""
+    given = Path(name_or_path).expanduser()
+    path = given / "tokenizer.json" if given.is_dir() else given
+    if path.is_file():
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises plain Exception on a malformed file
+            raise CrammerError(f"{path}: not a tokenizers JSON file ({e})") from None
+    elif given.exists() or name_or_path.endswith(".json") or name_or_path.startswith((".", "/", "~")):
+        raise CrammerError(f"{path}: no such tokenizer file")
+    else:
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(name_or_path).backend_tokenizer
+        except Exception as e:
+            raise CrammerError(
+                f"--tokenizer {name_or_path}: not a local path, and loading it from the hub failed "
+                f"({type(e).__name__})"
+            ) from None
+    missing = [t for t in SPECIAL_TOKENS.values() if tok.token_to_id(t) is None]
+    if missing:
+        raise CrammerError(f"--tokenizer {name_or_path}: lacks the BERT special tokens {', '.join(missing)}")
+    return tok
+
+
+def special_token_ids(tok: Tokenizer) -> dict[str, int]:
+    return {key: tok.token_to_id(token) for key, token in SPECIAL_TOKENS.items()}
+
+
+def lowercases(tok: Tokenizer) -> bool:
+    """Whether the tokenizer's own normalizer lowercases (recorded as `do_lower_case`)."""
+    return tok.normalizer is not None and tok.normalizer.normalize_str("A") == "a"
+
+
+def save_for_transformers(tok: Tokenizer, out: Path, seq_len: int) -> None:
+    """Save with `[CLS] $A [SEP]` / `[CLS] $A [SEP] $B [SEP]` so fine-tuning gets proper CLS/SEP."""
+    from transformers import PreTrainedTokenizerFast
+
+    ids = special_token_ids(tok)
+    tok = Tokenizer.from_str(tok.to_str())  # a copy: the caller's tokenizer keeps encoding without specials
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["cls"]), ("[SEP]", ids["sep"])],
+    )
+    tok.no_truncation()
+    tok.no_padding()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=seq_len,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],  # BERT's segment ids too
+        do_lower_case=lowercases(tok),
+        **{f"{key}_token": token for key, token in SPECIAL_TOKENS.items()},
+    )
+    fast.save_pretrained(str(out))
