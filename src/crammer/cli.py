@@ -15,6 +15,10 @@ from crammer.errors import CrammerError
 
 COMMAND_MODULES = [
     "crammer.data.cli",
+    "crammer.train.cli",
+    "crammer.train.bench",
+    "crammer.report.cli",
+    "crammer.eval.cli",
 ]
 
 

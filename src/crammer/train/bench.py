@@ -1,0 +1,248 @@
+"""`cram bench`: tokens/s, step time, MFU and peak memory of real training steps, ours vs Hugging Face.
+
+Both models run the same kind of step in the same process: forward, backward, clipping and a fused
+AdamW update, under the same precision and compile settings, on synthetic token blocks (the data path
+is not what is measured here). Ours is exactly the `TrainStep` that `cram pretrain` runs, with sparse
+MLM prediction on a fixed count of masked positions; the baseline is `transformers.BertForMaskedLM`
+with SDPA attention of the same shape (layers, width, heads, feed-forward width, vocabulary), which
+scores every position. MFU counts each model's own FLOPs per token (`training_flops_per_token`), so the baseline
+is not charged for work it does not do, nor credited for work ours skips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from crammer.errors import CrammerError
+from crammer.model import config_from_hf_bert, count_parameters, training_flops_per_token
+from crammer.train.config import OptimConfig, make_pretrain_config
+from crammer.train.masking import MaskedBatch, MLMCollator
+from crammer.train.metrics import peak_flops
+from crammer.train.step import (
+    TrainStep,
+    build_model_and_optimizer,
+    build_optimizer,
+    configure_backends,
+    cuda_memory_probe,
+    largest_fitting,
+    resolve_precision,
+)
+
+SPECIAL_TOKENS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}  # the layout `cram data prepare` writes
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+
+
+@dataclass
+class BenchResult:
+    name: str
+    micro_batch: int
+    accumulate: int
+    params: int
+    flops_per_token: float
+    compile_seconds: float  # first steps: compilation, autotuning, allocator warm-up
+    step_seconds: float  # median optimizer step after warm-up
+    tokens_per_second: float
+    mfu: float | None
+    peak_memory_gb: float | None
+
+    def row(self) -> list[str]:
+        return [
+            self.name,
+            str(self.micro_batch) + (f"x{self.accumulate}" if self.accumulate > 1 else ""),
+            f"{self.params / 1e6:.1f}M",
+            f"{self.flops_per_token / 1e9:.3f}",
+            f"{self.tokens_per_second:,.0f}",
+            f"{self.step_seconds * 1e3:.1f}",
+            "-" if self.mfu is None else f"{100 * self.mfu:.1f}%",
+            "-" if self.peak_memory_gb is None else f"{self.peak_memory_gb:.2f}",
+            f"{self.compile_seconds:.1f}",
+        ]
+
+
+HEADER = ["model", "micro-batch", "params", "GFLOP/token", "tokens/s", "step ms", "MFU", "peak GB", "warm-up s"]
+
+
+def format_table(rows: list[list[str]], header: list[str] = HEADER) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def synthetic_batches(collator: MLMCollator, count: int, micro_batch: int, seq_len: int, device: torch.device,
+                      seed: int = 0) -> list[MaskedBatch]:
+    """`count` masked micro-batches of random ordinary tokens, already on the device."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        tokens = collator.ordinary_ids[torch.randint(len(collator.ordinary_ids), (micro_batch, seq_len), generator=generator)]
+        out.append(collator(tokens, generator).to(device))
+    return out
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[list[MaskedBatch]], torch.Tensor], batches: list[MaskedBatch], accumulate: int,
+               warmup: int, steps: int, device: torch.device) -> tuple[float, float]:
+    """(seconds of the warm-up steps, median seconds per timed optimizer step)."""
+    groups = [batches[(i * accumulate) % len(batches):][:accumulate] for i in range(warmup + steps)]
+    groups = [g if len(g) == accumulate else batches[:accumulate] for g in groups]
+    start = time.perf_counter()
+    for group in groups[:warmup]:
+        loss = step(group)
+    _synchronize(device)
+    warmup_seconds = time.perf_counter() - start
+    if not math.isfinite(float(loss)):
+        raise CrammerError("benchmark step produced a non-finite loss")
+    times = []
+    for group in groups[warmup:]:
+        start = time.perf_counter()
+        step(group)
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return warmup_seconds, times[len(times) // 2]
+
+
+def _maybe_compile(model: nn.Module, mode: str) -> nn.Module:
+    if mode == "none":
+        return model
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
+def hf_bert_baseline(config, seq_len: int, device: torch.device):
+    """`BertForMaskedLM` of the same shape as our `config` (layers, width, heads, feed-forward width,
+    vocabulary) with SDPA attention and no dropout, plus its MLM training FLOPs per token."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    hf_config = BertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+        max_position_embeddings=max(config.max_position_embeddings, seq_len),
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    model = BertForMaskedLM._from_config(hf_config, attn_implementation="sdpa").to(device)
+    # HF scores every position (dense decoder with its head transform): masked_fraction = 1.
+    flops = training_flops_per_token(config_from_hf_bert(hf_config), seq_len, masked_fraction=1.0)
+    return model, flops
+
+
+def run_bench(args: argparse.Namespace) -> list[BenchResult]:
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CrammerError("--device cuda: no CUDA GPU is visible")
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    cfg = make_pretrain_config(args.preset, args.overrides)
+    configure_backends(cfg.tf32)
+    precision = resolve_precision(args.precision or cfg.precision, device)
+    compile_mode = args.compile or ("default" if device.type == "cuda" else "none")
+    seq_len = args.seq_len
+    peak = peak_flops(device, args.peak_tflops)
+    if args.memory_limit_gb and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_limit_gb * 2**30 / total), device)
+
+    collator = MLMCollator(cfg.masking, args.vocab_size, SPECIAL_TOKENS)
+    model, optimizer = build_model_and_optimizer(cfg, args.vocab_size, device)
+    if model.config.max_position_embeddings < seq_len:
+        raise CrammerError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings")
+    micro_batches = _resolve_micro_batches(args, cfg, model, collator, precision, device)
+    results = []
+
+    def measure(name, model, optimizer, flops, optim_cfg, micro_batch):
+        step = TrainStep(_maybe_compile(model, compile_mode), optimizer, optim_cfg, precision, device)
+        batches = synthetic_batches(collator, max(2, args.accumulate * 2), micro_batch, seq_len, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        warm, step_s = time_steps(lambda g: step(g, optim_cfg.lr).loss, batches, args.accumulate,
+                                  args.warmup, args.steps, device)
+        tps = micro_batch * args.accumulate * seq_len / step_s
+        results.append(BenchResult(
+            name=name, micro_batch=micro_batch, accumulate=args.accumulate, params=count_parameters(model),
+            flops_per_token=flops, compile_seconds=warm, step_seconds=step_s, tokens_per_second=tps,
+            mfu=None if peak is None else tps * flops / peak,
+            peak_memory_gb=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        ))
+
+    model_config = model.config
+    flops = training_flops_per_token(model_config, seq_len, cfg.masking.fraction)
+    for micro_batch in micro_batches:
+        measure(f"crammer {args.preset} ({compile_mode})", model, optimizer, flops, cfg.optim, micro_batch)
+    del model, optimizer
+    if args.compare == "hf-bert":
+        torch._dynamo.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        hf_model, hf_flops = hf_bert_baseline(model_config, seq_len, device)
+        optim_cfg = dataclasses.replace(cfg.optim, fused=cfg.optim.fused and device.type == "cuda")
+        measure(f"HF BertForMaskedLM ({compile_mode})", hf_model, build_optimizer(hf_model, optim_cfg),
+                hf_flops, optim_cfg, micro_batches[0])
+    return results
+
+
+def _resolve_micro_batches(args, cfg, model, collator, precision, device) -> list[int]:
+    """`--micro-batch`: 'auto' (largest that fits), one number, or a comma-separated sweep."""
+    if args.micro_batch != "auto":
+        try:
+            values = [int(v) for v in str(args.micro_batch).split(",")]
+        except ValueError:
+            raise CrammerError(f"--micro-batch must be 'auto' or numbers like 128,256; got {args.micro_batch!r}") from None
+        if any(v <= 0 for v in values):
+            raise CrammerError(f"--micro-batch values must be positive; got {args.micro_batch!r}")
+        return values
+    if device.type != "cuda":
+        return [cfg.batch.micro_batch or 8]
+    fraction = cfg.batch.memory_fraction
+    if args.memory_limit_gb:  # size against the cap, not the whole card
+        total = torch.cuda.get_device_properties(device).total_memory
+        fraction *= min(1.0, args.memory_limit_gb * 2**30 / total)
+    fits = cuda_memory_probe(model, collator, args.seq_len, precision, fraction)
+    return [largest_fitting(fits, limit=cfg.batch.target)]
+
+
+def main(args: argparse.Namespace) -> int:
+    results = run_bench(args)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    peak = peak_flops(device, args.peak_tflops)
+    print(f"device: {name}; torch {torch.__version__}; seq_len {args.seq_len}; "
+          f"peak {'unknown' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}; "
+          f"{args.steps} timed steps after {args.warmup} warm-up steps")
+    print(format_table([r.row() for r in results]))
+    if args.compare == "hf-bert":
+        ours, theirs = results[0], results[-1]
+        print(f"ratio (crammer / HF): tokens/s {ours.tokens_per_second / theirs.tokens_per_second:.2f}x"
+              + (f", MFU {ours.mfu / theirs.mfu:.2f}x" if ours.mfu and theirs.mfu else ""))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="time real training steps: tokens/s, MFU, memory (vs Hugging Face BERT)")
+    p.add_argument("--preset", default="crammed-bert", help="pretrain preset (its model and recipe)")
+    p.add_argument("--micro-batch", default="auto", help="sequences per forward, or 'auto' (largest that fits)")
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps (median reported)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, autotune)")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--vocab-size", type=int, default=32768)
+    p.add_argument("--compare", choices=["hf-bert", "none"], default="hf-bert")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None, help="default: the preset's (auto)")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=None, help="torch.compile mode (default: on for CUDA)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (default: built-in table)")
+    p.add_argument("--memory-limit-gb", type=float, default=None,
+                   help="cap this process's GPU memory, e.g. 8 to size for an 8 GB card")
+    p.add_argument("overrides", nargs="*", help="pretrain config overrides key=value (model.X=... for the model)")
+    p.set_defaults(func=main)

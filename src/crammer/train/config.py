@@ -1,0 +1,193 @@
+"""The pretraining recipe as one typed, nested dataclass with named presets.
+
+Defaults are the cramming paper's final recipe (Geiping & Goldstein, 2022). Every field is a
+`key=value` override on the command line (`optim.lr=5e-4`, `batch.micro_batch=64`); keys starting with
+`model.` go to `crammer.model.make_config` instead (`model.num_hidden_layers=4`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+from crammer.config import apply_overrides, pick_preset
+from crammer.errors import CrammerError
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW; weight decay applies to matrices only (not norms, biases or 1-d scales)."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-12
+    weight_decay: float = 0.01
+    grad_clip: float = 0.5  # max global grad norm; 0 = no clipping
+    fused: bool = True  # fused AdamW kernel (also lets a non-finite step be skipped without a host sync)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate shape as a function of budget progress in [0, 1] (see schedules.py)."""
+
+    lr: Literal["triangle", "one-cycle", "linear", "wsd"] = "triangle"
+    peak: float = 0.75  # progress at which the lr reaches its peak (end of warm-up)
+    initial: float = 0.25  # lr at progress 0, as a fraction of the peak (triangle, one-cycle)
+    decay: float = 0.2  # wsd only: final fraction of the budget spent decaying to zero
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Global batch ramped by gradient accumulation from one micro-batch to `target` sequences."""
+
+    micro_batch: int | None = None  # sequences per device per forward; None = largest that fits the GPU
+    target: int = 8192  # global batch (sequences) at the end of the ramp
+    ramp: float = 0.6  # progress at which the batch reaches `target`
+    memory_fraction: float = 0.92  # auto-sizing: use at most this share of the GPU's memory
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """Masked LM: a fixed count of positions per row (static shapes), BERT's 80/10/10 corruption."""
+
+    fraction: float = 0.25
+    replace_mask: float = 0.8  # share of chosen positions replaced by [MASK]
+    replace_random: float = 0.1  # ... by a random (non-special) token; the rest stay unchanged
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    order: Literal["stored", "shuffled"] = "stored"  # stored = the order `cram data prepare` chose
+    prefetch: int = 4  # micro-batches prepared ahead by the background thread
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_seconds: float = 1800.0  # time-based checkpoints; 0 = off
+    every_steps: int = 0  # step-based checkpoints (handy for short runs); 0 = off
+    keep: int = 3  # keep the newest K checkpoints
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """What to do about non-finite losses: skip each one; after a streak roll back or stop."""
+
+    max_nonfinite_in_a_row: int = 5
+    max_rollbacks: int = 2
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    every_steps: int = 10  # a metrics.jsonl line every N optimizer steps
+    tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard
+    wandb: bool = False  # also log to Weights & Biases (project "crammer")
+    peak_tflops: float | None = None  # accelerator peak for MFU; None = look the GPU up in a table
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    model: str = "crammed-bert"  # model preset of crammer.model.make_config
+    model_overrides: tuple[str, ...] = ()  # `key=value` strings for make_config (from `model.X=...`)
+    budget_seconds: float | None = 24 * 3600.0  # wall-clock budget (compile and start-up count)
+    budget_tokens: int | None = None  # token-count budget instead: reproducible runs
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16, else fp16+scaler; fp32 on CPU
+    tf32: bool = True
+    compile: bool | None = None  # torch.compile; None = on for CUDA, off on CPU
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> "PretrainConfig":
+        """Raise a CrammerError naming the first field out of range."""
+        if (self.budget_seconds is None) == (self.budget_tokens is None):
+            raise CrammerError("set exactly one budget: budget_seconds (--budget) or budget_tokens (--budget-tokens)")
+        checks = [
+            ("budget_seconds", self.budget_seconds is None or self.budget_seconds > 0),
+            ("budget_tokens", self.budget_tokens is None or self.budget_tokens > 0),
+            ("optim.lr", self.optim.lr > 0),
+            ("optim.grad_clip", self.optim.grad_clip >= 0),
+            ("schedule.peak", 0 <= self.schedule.peak <= 1),
+            ("schedule.initial", 0 <= self.schedule.initial <= 1),
+            ("schedule.decay", 0 < self.schedule.decay <= 1 - self.schedule.peak or self.schedule.lr != "wsd"),
+            ("batch.micro_batch", self.batch.micro_batch is None or self.batch.micro_batch > 0),
+            ("batch.target", self.batch.target > 0),
+            ("batch.ramp", 0 <= self.batch.ramp <= 1),
+            ("batch.memory_fraction", 0 < self.batch.memory_fraction <= 1),
+            ("masking.fraction", 0 < self.masking.fraction < 1),
+            ("masking.replace_mask", 0 <= self.masking.replace_mask <= 1),
+            ("masking.replace_random", 0 <= self.masking.replace_random <= 1 - self.masking.replace_mask),
+            ("data.prefetch", self.data.prefetch >= 1),
+            ("checkpoint.every_seconds", self.checkpoint.every_seconds >= 0),
+            ("checkpoint.every_steps", self.checkpoint.every_steps >= 0),
+            ("checkpoint.keep", self.checkpoint.keep >= 1),
+            ("guard.max_nonfinite_in_a_row", self.guard.max_nonfinite_in_a_row >= 1),
+            ("guard.max_rollbacks", self.guard.max_rollbacks >= 0),
+            ("logging.every_steps", self.logging.every_steps >= 1),
+            ("logging.peak_tflops", self.logging.peak_tflops is None or self.logging.peak_tflops > 0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                value = self
+                for part in name.split("."):
+                    value = getattr(value, part)
+                raise CrammerError(f"pretrain config {name}={value!r} is out of range")
+        return self
+
+
+def _preset(**sections) -> PretrainConfig:
+    cfg = PretrainConfig()
+    for name, values in sections.items():
+        current = getattr(cfg, name)
+        new = dataclasses.replace(current, **values) if isinstance(values, dict) else values
+        cfg = dataclasses.replace(cfg, **{name: new})
+    return cfg
+
+
+PRESETS: dict[str, PretrainConfig] = {
+    # The paper's final recipe for one GPU and 24 hours.
+    "crammed-bert": PretrainConfig(),
+    # Seconds-long CPU runs for the tests.
+    "tiny": _preset(
+        model="tiny",
+        batch={"micro_batch": 8, "target": 32},
+        optim={"lr": 2e-3},
+        logging={"every_steps": 1},
+        checkpoint={"every_seconds": 0.0},
+    ),
+    # A few-minute end-to-end demo on a laptop CPU.
+    "demo": _preset(
+        model="small",
+        batch={"micro_batch": 16, "target": 256},
+        logging={"every_steps": 5},
+        checkpoint={"every_seconds": 120.0},
+    ),
+}
+
+
+def make_pretrain_config(
+    preset: str = "crammed-bert",
+    overrides: Sequence[str] = (),
+    budget_seconds: float | None = None,
+    budget_tokens: int | None = None,
+) -> PretrainConfig:
+    """A preset with `key=value` overrides; `model.X=...` keys are kept for the model's make_config.
+
+    A budget given here replaces the preset's (the preset default is 24 h of wall clock).
+    """
+    cfg = pick_preset(PRESETS, preset, "pretrain preset")
+    model_overrides = [o.split(".", 1)[1] for o in overrides if o.startswith("model.") and "=" in o]
+    cfg = apply_overrides(cfg, [o for o in overrides if not (o.startswith("model.") and "=" in o)])
+    if model_overrides:
+        cfg = dataclasses.replace(cfg, model_overrides=(*cfg.model_overrides, *model_overrides))
+    if budget_tokens is not None:
+        cfg = dataclasses.replace(cfg, budget_tokens=int(budget_tokens), budget_seconds=None)
+    elif budget_seconds is not None:
+        cfg = dataclasses.replace(cfg, budget_seconds=float(budget_seconds), budget_tokens=None)
+    return cfg.validate()

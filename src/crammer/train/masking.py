@@ -1,0 +1,85 @@
+"""Masked-LM corruption with a fixed number of masked positions per row.
+
+A fixed count M = round(fraction * seq_len) keeps every tensor shape static (no `nonzero`), which is
+what lets `torch.compile` build one graph and lets the model predict only those M positions.
+
+Special tokens ([PAD], [CLS], [SEP], [UNK], [MASK]) are never chosen while a row has enough ordinary
+tokens: predicting a document boundary or padding teaches nothing. A row with fewer ordinary tokens
+than M (heavy padding) fills its remaining slots with special positions whose label is -100, so they
+are neither corrupted nor counted in the loss. Random replacements are drawn from ordinary tokens only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from crammer.train.config import MaskingConfig
+
+
+@dataclass
+class MaskedBatch:
+    """One micro-batch ready for `CrammedBertForMaskedLM.forward`."""
+
+    input_ids: torch.Tensor  # (B, S) int64, corrupted
+    labels: torch.Tensor  # (B, S) int64, original ids at masked positions, -100 elsewhere
+    masked_positions: torch.Tensor  # (B, M) int64
+    attention_mask: torch.Tensor | None  # (B, S) int64, only when the batch holds padding
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "MaskedBatch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return MaskedBatch(move(self.input_ids), move(self.labels), move(self.masked_positions), move(self.attention_mask))
+
+    def pin_memory(self) -> "MaskedBatch":
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return MaskedBatch(pin(self.input_ids), pin(self.labels), pin(self.masked_positions), pin(self.attention_mask))
+
+    def rows(self, start: int, stop: int) -> "MaskedBatch":
+        """Rows [start, stop): one DDP rank's share of a global micro-batch."""
+        cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
+        return MaskedBatch(cut(self.input_ids), cut(self.labels), cut(self.masked_positions), cut(self.attention_mask))
+
+
+def num_masked(seq_len: int, fraction: float) -> int:
+    return max(1, round(fraction * seq_len))
+
+
+class MLMCollator:
+    """Turns token blocks into masked batches; the randomness comes from the caller's generator."""
+
+    def __init__(self, cfg: MaskingConfig, vocab_size: int, special_tokens: dict[str, int]):
+        self.cfg = cfg
+        self.mask_id = int(special_tokens["mask"])
+        self.pad_id = int(special_tokens["pad"])
+        special = torch.zeros(vocab_size, dtype=torch.bool)
+        special[torch.tensor(sorted(set(special_tokens.values())))] = True
+        self.is_special = special
+        self.ordinary_ids = torch.nonzero(~special).squeeze(1)
+
+    def __call__(self, tokens: torch.Tensor, generator: torch.Generator) -> MaskedBatch:
+        tokens = tokens.long()
+        batch, seq_len = tokens.shape
+        m = num_masked(seq_len, self.cfg.fraction)
+        special = self.is_special[tokens]
+        # Random scores; special positions get a score above every ordinary one, so they are picked last.
+        scores = torch.rand(batch, seq_len, generator=generator) + special.float()
+        positions = scores.topk(m, dim=1, largest=False).indices.sort(dim=1).values
+        chosen_ordinary = ~special.gather(1, positions)
+
+        labels = torch.full_like(tokens, -100)
+        labels.scatter_(1, positions, torch.where(chosen_ordinary, tokens.gather(1, positions), -100))
+
+        action = torch.rand(batch, m, generator=generator)
+        to_mask = chosen_ordinary & (action < self.cfg.replace_mask)
+        to_random = chosen_ordinary & (action >= self.cfg.replace_mask) & (
+            action < self.cfg.replace_mask + self.cfg.replace_random
+        )
+        random_ids = self.ordinary_ids[torch.randint(len(self.ordinary_ids), (batch, m), generator=generator)]
+        current = tokens.gather(1, positions)
+        new = torch.where(to_mask, self.mask_id, torch.where(to_random, random_ids, current))
+        input_ids = tokens.clone().scatter_(1, positions, new)
+
+        padding = tokens == self.pad_id
+        attention_mask = (~padding).long() if bool(padding.any()) else None
+        return MaskedBatch(input_ids, labels, positions, attention_mask)

@@ -1,0 +1,174 @@
+"""What a person watches on a day-long run: metrics.jsonl, a status line, GPU stats, MFU.
+
+`RUN_DIR/metrics.jsonl` gets one JSON object per logged step (flushed at once, so `tail -f` and
+`cram plot` work mid-run). GPU utilisation, memory, temperature and power come from NVML
+(`pynvml`, package nvidia-ml-py). TensorBoard and Weights & Biases are optional mirrors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crammer.errors import CrammerError
+from crammer.io import atomic_write_text
+from crammer.train.config import LoggingConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) by GPU name; the first matching key wins.
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "A6000": 155e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "4090": 165e12,
+    "3090": 71e12,
+    "3060 Ti": 65e12,
+    "2080 Ti": 108e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
+
+
+def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:
+    """Peak FLOP/s of one accelerator for MFU, or None where unknown (CPU, unlisted GPU)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+class GpuMonitor:
+    """NVML readings for one GPU; an empty dict where NVML is unavailable (CPU runs)."""
+
+    def __init__(self, device: torch.device):
+        self.handle = None
+        if device.type != "cuda":
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.nvml = pynvml
+        except Exception:  # no driver library, or a GPU that NVML cannot see: run on without stats
+            self.handle = None
+
+    def sample(self) -> dict[str, float]:
+        if self.handle is None:
+            return {}
+        nvml, h = self.nvml, self.handle
+        out: dict[str, float] = {}
+        for key, read in (
+            ("gpu_util", lambda: nvml.nvmlDeviceGetUtilizationRates(h).gpu),
+            ("gpu_mem_used_gb", lambda: nvml.nvmlDeviceGetMemoryInfo(h).used / 1e9),
+            ("gpu_mem_total_gb", lambda: nvml.nvmlDeviceGetMemoryInfo(h).total / 1e9),
+            ("gpu_temp_c", lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)),
+            ("gpu_power_w", lambda: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
+        ):
+            try:
+                out[key] = float(read())
+            except Exception:  # a reading this GPU does not support
+                pass
+        return out
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All records of RUN_DIR/metrics.jsonl; a torn last line (killed mid-write) is ignored."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise CrammerError(f"{path}: no metrics yet (is {run_dir} a `cram pretrain` run folder?)")
+    records = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise CrammerError(f"{path}:{number}: not a JSON object") from None
+    return records
+
+
+class MetricsLog:
+    """Appends records to metrics.jsonl (rank 0 only) and mirrors them to TensorBoard / W&B."""
+
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, enabled: bool, config: dict[str, Any]):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.enabled = enabled
+        self.tensorboard = self.wandb_run = None
+        if not enabled:
+            return
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise CrammerError("logging.tensorboard=true needs TensorBoard: pip install 'crammer[tensorboard]'") from None
+            self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise CrammerError("logging.wandb=true needs Weights & Biases: pip install 'crammer[wandb]'") from None
+            self.wandb_run = wandb.init(project="crammer", name=Path(run_dir).name, config=config, resume="allow")
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records the interrupted run wrote after its last checkpoint."""
+        if self.enabled and self.path.is_file():
+            kept = [json.dumps(r) for r in read_metrics(self.path.parent) if r["step"] <= step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+        numbers = {k: v for k, v in clean.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tensorboard:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(key, value, record["step"])
+        if self.wandb_run:
+            self.wandb_run.log(numbers, step=record["step"])
+
+    def close(self) -> None:
+        if self.tensorboard:
+            self.tensorboard.close()
+        if self.wandb_run:
+            self.wandb_run.finish()
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def status_line(record: dict[str, Any]) -> str:
+    """One line: step, loss, lr, batch, tokens/s, MFU, elapsed/remaining."""
+    loss = record.get("loss")
+    parts = [
+        f"step {record['step']}",
+        f"loss {loss:.4f}" if loss is not None else "loss n/a",
+        f"lr {record['lr']:.2e}",
+        f"batch {record['batch_size']}",
+        f"{record['tokens_per_s']:,.0f} tok/s" if record.get("tokens_per_s") else None,
+        f"MFU {100 * record['mfu']:.1f}%" if record.get("mfu") else None,
+        f"{_duration(record['elapsed_s'])} elapsed",
+        f"{_duration(record['remaining_s'])} left" if record.get("remaining_s") is not None else None,
+    ]
+    return " | ".join(p for p in parts if p)

@@ -1,0 +1,68 @@
+"""`cram plot RUN_DIR`: the pictures a person checks on a day-long run, as PNG files.
+
+Reads RUN_DIR/metrics.jsonl (also mid-run) and writes one PNG per quantity into RUN_DIR/plots:
+loss, learning rate, batch size, throughput (+ MFU) and, on a GPU, utilisation, memory, temperature
+and power. The x axis is elapsed budget time in hours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from crammer.errors import CrammerError  # noqa: E402
+from crammer.io import atomic_path  # noqa: E402
+from crammer.train.metrics import read_metrics  # noqa: E402
+
+# file name -> (title, [(metric key, label, scale)])
+PLOTS: dict[str, tuple[str, list[tuple[str, str, float]]]] = {
+    "loss": ("MLM loss", [("loss", "loss", 1.0)]),
+    "lr": ("learning rate", [("lr", "lr", 1.0)]),
+    "batch_size": ("global batch (sequences)", [("batch_size", "batch size", 1.0)]),
+    "throughput": ("throughput", [("tokens_per_s", "tokens/s", 1.0)]),
+    "mfu": ("model FLOPs utilisation (%)", [("mfu", "MFU %", 100.0)]),
+    "gpu_util": ("GPU utilisation (%)", [("gpu_util", "util %", 1.0)]),
+    "gpu_memory": ("GPU memory (GB)", [("gpu_mem_used_gb", "used (NVML)", 1.0),
+                                       ("cuda_max_allocated_gb", "max allocated (torch)", 1.0),
+                                       ("gpu_mem_total_gb", "total", 1.0)]),
+    "gpu_temperature": ("GPU temperature (°C)", [("gpu_temp_c", "°C", 1.0)]),
+    "gpu_power": ("GPU power (W)", [("gpu_power_w", "W", 1.0)]),
+}
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write the PNGs for which the run has data; return their paths."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    if not records:
+        raise CrammerError(f"{run_dir / 'metrics.jsonl'}: no records yet")
+    out = Path(out_dir) if out_dir else run_dir / "plots"
+    written = []
+    for name, (title, series) in PLOTS.items():
+        lines = []
+        for key, label, scale in series:
+            points = [(r["elapsed_s"] / 3600, r[key] * scale) for r in records if r.get(key) is not None]
+            if points:
+                lines.append((label, points))
+        if not lines:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for label, points in lines:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, label=label, linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("elapsed (hours)")
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend()
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

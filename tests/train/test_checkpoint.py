@@ -1,0 +1,52 @@
+import json
+
+import pytest
+import torch
+
+from crammer.errors import CrammerError
+from crammer.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from crammer.train.step import build_model_and_optimizer
+from tests.train.conftest import tiny
+
+CPU = torch.device("cpu")
+
+
+def trained(seed=0):
+    model, optimizer = build_model_and_optimizer(tiny([f"seed={seed}"]), 300, CPU)
+    loss = model(input_ids=torch.randint(5, 300, (2, 16)), labels=torch.randint(5, 300, (2, 16))).loss
+    loss.backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_round_trip_with_weights_only_load(tmp_path):
+    model, optimizer = trained()
+    path = save_checkpoint(tmp_path, 7, model, optimizer, {"scaler": None}, {"tokens": 123}, keep=3)
+    assert path.name == "step-00000007"
+    torch.load(path / "trainer.pt", weights_only=True)  # no pickled code
+    fresh, fresh_opt = trained(seed=1)
+    state, rest = load_checkpoint(path, fresh, fresh_opt, CPU)
+    assert state["tokens"] == 123 and state["step"] == 7 and rest["scaler"] is None
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert fresh_opt.state_dict()["state"][0]["exp_avg"].equal(optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_keeps_newest_k_and_ignores_unfinished_or_truncated(tmp_path):
+    model, optimizer = trained()
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, model, optimizer, {}, {}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
+    # a write killed mid-way leaves only a temporary folder: never listed
+    (tmp_path / "checkpoints" / ".step-00000005.abc.tmp").mkdir()
+    (tmp_path / "checkpoints" / ".step-00000005.abc.tmp" / "model.safetensors").write_bytes(b"partial")
+    assert latest_checkpoint(tmp_path).name == "step-00000004"
+    # a checkpoint truncated afterwards (disk full, bad copy) is detected by its recorded sizes
+    weights = tmp_path / "checkpoints" / "step-00000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert latest_checkpoint(tmp_path).name == "step-00000003"
+    with pytest.raises(CrammerError, match="model.safetensors has 1000 bytes"):
+        load_checkpoint(weights.parent, model, optimizer, CPU)
+    (tmp_path / "checkpoints" / "step-00000003" / "state.json").write_text("{")
+    assert latest_checkpoint(tmp_path) is None
+    assert json.loads((weights.parent / "state.json").read_text())["step"] == 4

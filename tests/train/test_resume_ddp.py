@@ -1,0 +1,93 @@
+"""Runs that are interrupted, resumed, or spread over two processes reproduce the plain run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from crammer.train.checkpoint import latest_checkpoint, load_checkpoint
+from crammer.train.loop import pretrain
+from crammer.train.step import build_model_and_optimizer
+from tests.conftest import REPO_ROOT
+from tests.train.conftest import metrics, tiny
+
+TOKENS = 64 * 16 * 30
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in metrics(run_dir)]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoint_then_resume_reproduces_the_uninterrupted_run(corpus, tmp_path):
+    overrides = ["checkpoint.every_steps=4", "data.order=shuffled", "batch.target=16"]
+    pretrain(tiny(overrides, tokens=TOKENS), corpus, tmp_path / "plain")
+
+    run = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "crammer", "pretrain", "--data", str(corpus), "--out", str(run),
+           "--preset", "tiny", "--budget-tokens", str(TOKENS), *overrides]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 7:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "--resume" in err
+    checkpoint = latest_checkpoint(run)
+    stopped_at = int(checkpoint.name.split("-")[1])
+    assert stopped_at >= 7 and not (run / "final").exists()
+    model, optimizer = build_model_and_optimizer(tiny(), 2000, torch.device("cpu"))
+    state, _ = load_checkpoint(checkpoint, model, optimizer, torch.device("cpu"))
+    assert state["step"] == stopped_at and state["elapsed"] > 0
+
+    pretrain(tiny(overrides, tokens=TOKENS), corpus, run, resume=True)
+    plain, resumed = losses(tmp_path / "plain"), losses(run)
+    assert [s for s, _ in resumed] == [s for s, _ in plain]  # no gaps, no duplicated records
+    assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in plain], rel=1e-4)
+    a = (tmp_path / "plain" / "final" / "model.safetensors").read_bytes()
+    assert len(a) == len((run / "final" / "model.safetensors").read_bytes())
+
+
+def test_resume_rejects_a_changed_recipe_and_skips_truncated_checkpoints(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    pretrain(tiny(["checkpoint.every_steps=3"], tokens=64 * 8 * 12), corpus, run)
+    with pytest.raises(Exception, match="different config \\(optim\\)"):
+        pretrain(tiny(["checkpoint.every_steps=3", "optim.lr=1e-2"], tokens=64 * 8 * 12), corpus, run, resume=True)
+    newest = latest_checkpoint(run)
+    (newest / "trainer.pt").write_bytes(b"truncated")
+    (run / "final").rename(tmp_path / "old-final")
+    pretrain(tiny(["checkpoint.every_steps=3"], tokens=64 * 8 * 12), corpus, run, resume=True)
+    assert "skipping incomplete checkpoint" in capsys.readouterr().err
+    steps = [r["step"] for r in metrics(run)]
+    assert steps == sorted(set(steps)) and (run / "final" / "model.safetensors").is_file()
+
+
+def _ddp_worker(rank, world_size, port, corpus, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    pretrain(tiny(["batch.micro_batch=4", "batch.target=16"], tokens=64 * 16 * 12), corpus, out)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_matches_one_process_with_the_same_global_batch(corpus, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(corpus), str(tmp_path / "ddp")), nprocs=2, join=True)
+    pretrain(tiny(["batch.micro_batch=8", "batch.target=16"], tokens=64 * 16 * 12), corpus, tmp_path / "single")
+    ddp, single = metrics(tmp_path / "ddp"), metrics(tmp_path / "single")
+    assert [r["batch_size"] for r in ddp] == [r["batch_size"] for r in single]
+    assert ddp[0]["micro_batch"] == 4 and single[0]["micro_batch"] == 8
+    assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in single], rel=2e-3)

@@ -1,0 +1,112 @@
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from crammer.train.config import MaskingConfig, OptimConfig
+from crammer.train.masking import MLMCollator
+from crammer.train.step import TrainStep, build_model_and_optimizer, largest_fitting, parameter_groups
+from tests.train.conftest import tiny
+
+SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+CPU = torch.device("cpu")
+
+
+def batches(n, rows=4, seq_len=32, seed=0):
+    collator = MLMCollator(MaskingConfig(), 500, SPECIAL)
+    g = torch.Generator().manual_seed(seed)
+    return [collator(torch.randint(5, 500, (rows, seq_len), generator=g), g) for _ in range(n)]
+
+
+def setup(**optim):
+    cfg = tiny()
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **optim))
+    model, optimizer = build_model_and_optimizer(cfg, 500, CPU)
+    return model, optimizer, cfg.optim
+
+
+def test_weight_decay_skips_norms_and_biases():
+    model, optimizer, _ = setup()
+    decay, no_decay = parameter_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    assert optimizer.defaults["fused"] and optimizer.defaults["betas"] == (0.9, 0.98)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_repeated_steps_fit_a_fixed_batch():
+    model, optimizer, cfg = setup()
+    step = TrainStep(model, optimizer, cfg, "fp32", CPU)
+    data = batches(1)
+    losses = [step(data, 2e-3).loss.item() for _ in range(15)]
+    assert losses[-1] < losses[0] - 1.0
+
+
+def test_accumulating_two_half_batches_equals_one_full_batch():
+    (a, opt_a, cfg), (b, opt_b, _) = setup(), setup()
+    full = batches(1, rows=8)[0]
+    halves = [full.rows(0, 4), full.rows(4, 8)]
+    out_a = TrainStep(a, opt_a, cfg, "fp32", CPU)([full], 1e-3)
+    out_b = TrainStep(b, opt_b, cfg, "fp32", CPU)(halves, 1e-3)
+    assert out_a.loss.item() == pytest.approx(out_b.loss.item(), rel=1e-5)
+    assert out_a.grad_norm.item() == pytest.approx(out_b.grad_norm.item(), rel=1e-4)
+    # the updates agree too: the next step sees (almost) the same model
+    next_a = TrainStep(a, opt_a, cfg, "fp32", CPU)([full], 1e-3).loss.item()
+    next_b = TrainStep(b, opt_b, cfg, "fp32", CPU)(halves, 1e-3).loss.item()
+    assert next_a == pytest.approx(next_b, rel=1e-4)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_non_finite_step_is_skipped(fused):
+    model, optimizer, cfg = setup(fused=fused)
+    step = TrainStep(model, optimizer, cfg, "fp32", CPU)
+    step(batches(1), 1e-3)  # a normal step first, so AdamW has state to protect
+    with torch.no_grad():
+        model.bert.embeddings.word_embeddings.weight[7, 0] = float("nan")
+    before = copy.deepcopy(model.state_dict())
+    state_before = copy.deepcopy(optimizer.state_dict()["state"])
+    out = step(batches(1, seed=1), 1e-3)
+    assert out.nonfinite.item() and not torch.isfinite(out.loss)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], equal_nan=True)
+    for key, value in optimizer.state_dict()["state"].items():
+        torch.testing.assert_close(value["exp_avg"], state_before[key]["exp_avg"], equal_nan=True)
+        assert float(value["step"]) == float(state_before[key]["step"])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_run_on_cpu(precision):
+    model, optimizer, cfg = setup()
+    step = TrainStep(model, optimizer, cfg, precision, CPU)
+    assert (step.scaler is not None) == (precision == "fp16")
+    data = batches(1)
+    losses = [step(data, 2e-3).loss.item() for _ in range(6)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert "scaler" in step.state_dict()
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_eager():
+    (eager, opt_e, cfg), (compiled, opt_c, _) = setup(), setup()
+    compiled.compile()
+    data = batches(1)
+    a = [TrainStep(eager, opt_e, cfg, "fp32", CPU)(data, 1e-3).loss.item() for _ in range(2)]
+    b = [TrainStep(compiled, opt_c, cfg, "fp32", CPU)(data, 1e-3).loss.item() for _ in range(2)]
+    assert a == pytest.approx(b, rel=1e-3)
+
+
+def test_largest_fitting_micro_batch_search():
+    for capacity in (1, 8, 37, 100, 1000, 5000):
+        probed = []
+
+        def fits(n):
+            probed.append(n)
+            return n <= capacity
+
+        found = largest_fitting(fits, limit=8192)
+        assert found <= capacity and (found == capacity or capacity - found < 8)
+        assert len(probed) < 25
+    assert largest_fitting(lambda n: True, limit=300) == 300
+    with pytest.raises(Exception, match="not even a micro-batch of 1"):
+        largest_fitting(lambda n: False, limit=64)
