@@ -1,0 +1,85 @@
+"""Typed key=value overrides, presets, durations and hashes shared by every stage's config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from crammer.config import apply_overrides, config_hash, from_dict, parse_duration, pick_preset, to_dict
+from crammer.errors import CrammerError
+
+
+@dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    steps: int = 10
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    flag: bool = False
+    limit: int | None = None
+    mode: Literal["a", "b"] = "a"
+    tags: tuple[str, ...] = ()
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = apply_overrides(Outer(), ["inner.lr=5e-4", "flag=yes", "limit=7", "mode=b", "inner.betas=0.8,0.9",
+                                    "tags=a,b", "inner.steps=1e3", "name=hello=world"])
+    assert cfg.inner.lr == 5e-4 and cfg.flag is True and cfg.limit == 7 and cfg.mode == "b"
+    assert cfg.inner.betas == (0.8, 0.9) and cfg.tags == ("a", "b") and cfg.inner.steps == 1000
+    assert cfg.name == "hello=world"
+    assert apply_overrides(cfg, ["limit=none"]).limit is None
+    assert Outer().inner.lr == 1e-3  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("inner.lrr=1", "unknown config key 'inner.lrr'"),
+        ("nope=1", "unknown config key 'nope'"),
+        ("flag=maybe", "flag: expected true/false"),
+        ("inner.steps=ten", "inner.steps: expected an integer"),
+        ("inner.lr=fast", "inner.lr: expected a number"),
+        ("mode=c", "mode: 'c' is not one of a, b"),
+        ("inner.betas=0.9", "expected 2 comma-separated values"),
+        ("inner=3", "is a section"),
+        ("flag", "expected key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(CrammerError, match=message.replace("(", r"\(")):
+        apply_overrides(Outer(), [override])
+
+
+def test_round_trip_and_hash():
+    cfg = apply_overrides(Outer(), ["inner.lr=0.5", "tags=x"])
+    data = to_dict(cfg)
+    assert from_dict(Outer, data) == cfg
+    assert config_hash(cfg) == config_hash(from_dict(Outer, data)) == config_hash(data)
+    assert config_hash(cfg) != config_hash(Outer())
+    with pytest.raises(CrammerError, match="unknown config keys"):
+        from_dict(Outer, {**data, "extra": 1})
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1.5h", 5400), ("24h", 86400),
+                                           ("2d", 172800), ("45", 45), (30, 30)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "5w", "0s", "-3m"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(CrammerError, match="bad duration"):
+        parse_duration(text)
+
+
+def test_pick_preset_lists_choices():
+    assert pick_preset({"a": 1, "b": 2}, "b") == 2
+    with pytest.raises(CrammerError, match="choose from: a, b"):
+        pick_preset({"a": 1, "b": 2}, "c")
