@@ -6,7 +6,7 @@ import torch
 
 from crammer.train.config import MaskingConfig, OptimConfig
 from crammer.train.masking import MLMCollator
-from crammer.train.step import TrainStep, build_model_and_optimizer, largest_fitting, parameter_groups
+from crammer.train.step import TrainStep, build_model_and_optimizer, even_micro_batch, largest_fitting, parameter_groups
 from tests.train.conftest import tiny
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
@@ -110,3 +110,12 @@ def test_largest_fitting_micro_batch_search():
     assert largest_fitting(lambda n: True, limit=300) == 300
     with pytest.raises(Exception, match="not even a micro-batch of 1"):
         largest_fitting(lambda n: False, limit=64)
+
+
+@pytest.mark.parametrize("fitting, target, expected", [(1080, 8192, 1024), (80, 8192, 80), (8192, 8192, 8192),
+                                                        (9000, 8192, 8192), (1000, 8192, 912), (5, 8192, 5)])
+def test_even_micro_batch_keeps_steps_and_avoids_overshoot(fitting, target, expected):
+    size = even_micro_batch(fitting, target)
+    assert size == expected
+    assert size <= fitting
+    assert -(-target // size) == -(-target // min(fitting, target))  # same number of accumulation steps

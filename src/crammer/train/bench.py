@@ -32,6 +32,7 @@ from crammer.train.step import (
     build_optimizer,
     configure_backends,
     cuda_memory_probe,
+    even_micro_batch,
     largest_fitting,
     resolve_precision,
 )
@@ -209,7 +210,7 @@ def _resolve_micro_batches(args, cfg, model, collator, precision, device) -> lis
         total = torch.cuda.get_device_properties(device).total_memory
         fraction *= min(1.0, args.memory_limit_gb * 2**30 / total)
     fits = cuda_memory_probe(model, collator, args.seq_len, precision, fraction)
-    return [largest_fitting(fits, limit=cfg.batch.target)]
+    return [even_micro_batch(largest_fitting(fits, limit=cfg.batch.target), cfg.batch.target)]
 
 
 def main(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ from crammer.train.step import (
     build_model_and_optimizer,
     configure_backends,
     cuda_memory_probe,
+    even_micro_batch,
     largest_fitting,
     resolve_precision,
 )
@@ -216,14 +217,15 @@ class Pretrainer:
             raise CrammerError("batch.micro_batch must be set when training without a GPU (auto-sizing needs CUDA)")
         fits = cuda_memory_probe(self.model, self.collator, self.corpus.seq_len, self.precision,
                                  self.cfg.batch.memory_fraction)
-        micro_batch = largest_fitting(fits, limit=max(1, self.cfg.batch.target // self.dist.world_size))
+        target = max(1, self.cfg.batch.target // self.dist.world_size)
+        micro_batch = even_micro_batch(largest_fitting(fits, limit=target), target)
         if self.dist.world_size > 1:  # every rank must use the same size: take the smallest
             size = torch.tensor([micro_batch], device=self.device)
             dist.all_reduce(size, op=dist.ReduceOp.MIN)
             micro_batch = int(size.item())
         if self.dist.is_main:
-            print(f"cram: micro-batch {micro_batch} (largest that fits {self.cfg.batch.memory_fraction:.0%} "
-                  "of GPU memory)", file=sys.stderr)
+            print(f"cram: micro-batch {micro_batch} (fits {self.cfg.batch.memory_fraction:.0%} of GPU memory; "
+                  f"divides the {self.cfg.batch.target}-sequence batch evenly)", file=sys.stderr)
         return micro_batch
 
     # ----------------------------------------------------------------------------------- clock

@@ -158,6 +158,17 @@ def largest_fitting(fits: Callable[[int], bool], limit: int, start: int = 8, mul
     return good
 
 
+def even_micro_batch(fitting: int, target: int, multiple: int = 8) -> int:
+    """The smallest micro-batch that reaches `target` in as few accumulation steps as `fitting` does.
+
+    E.g. 1080 fits and the target is 8192: 8 steps either way, but 8 x 1024 hits 8192 exactly where
+    8 x 1080 would overshoot to 8640. Rounded up to a tensor-core friendly multiple, never above `fitting`.
+    """
+    steps = math.ceil(target / fitting)
+    size = math.ceil(target / steps)
+    return min(fitting, math.ceil(size / multiple) * multiple) if size >= multiple else size
+
+
 def cuda_memory_probe(
     model: nn.Module, collator: MLMCollator, seq_len: int, precision: str, memory_fraction: float
 ) -> Callable[[int], bool]:
