@@ -51,6 +51,16 @@ def test_wall_clock_budget_ends_at_the_deadline(corpus, tmp_path):
     assert all(r["lr"] == pytest.approx(2e-3 * triangle(r["progress"])) for r in records)
 
 
+def test_large_steps_are_trimmed_at_the_deadline(corpus, tmp_path):
+    # 64 micro-batches per step from the start: an untrimmed last step would run seconds past the budget.
+    final = pretrain(tiny(["batch.target=512", "batch.ramp=0"], seconds=4.0), corpus, tmp_path / "run")
+    info = json.loads((final / "pretraining.json").read_text())
+    records = metrics(tmp_path / "run")
+    seconds_per_micro_batch = max(r["elapsed_s"] for r in records) / sum(r["accumulation"] for r in records)
+    assert records[-1]["accumulation"] < 64  # the last step was cut to the time left
+    assert 4.0 <= info["elapsed_s"] < 4.0 + 0.5 + 4 * seconds_per_micro_batch
+
+
 def test_nan_guard_skips_rolls_back_then_recovers(corpus, tmp_path):
     cfg = tiny(["guard.max_nonfinite_in_a_row=3", "guard.max_rollbacks=1"], tokens=64 * 8 * 20)
     trainer = Pretrainer(cfg, corpus, tmp_path / "run")

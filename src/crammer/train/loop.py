@@ -13,6 +13,7 @@ takes the same lr, batch size and stopping step.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -253,6 +254,9 @@ class Pretrainer:
         self.last_log = (time.monotonic(), self.state["tokens"])
         self.last_checkpoint_clock = self.clock()
         self.window: list[float] = []
+        self.last_step_start: float | None = None
+        self.last_accumulation = 1
+        self.micro_batch_seconds: float | None = None
         pending: PendingStep | None = None
         try:
             while not self.budget_spent() and not self._stop_requested():
@@ -282,10 +286,27 @@ class Pretrainer:
             if self.dist.initialized_here:
                 dist.destroy_process_group()
 
+    def _accumulation(self, progress: float) -> int:
+        """Micro-batches in this step: the batch ramp's, trimmed near a wall-clock deadline so the run ends
+        at most about one micro-batch late (a full step can take many seconds on a small GPU or a CPU).
+
+        Seconds per micro-batch come from the agreed clock between step starts (the same on every rank),
+        skipping the first steps, which include compilation.
+        """
+        accumulation = accumulation_steps(progress, self.cfg.batch, self.micro_batch, self.dist.world_size)
+        now = self.clock()
+        if self.last_step_start is not None and self.state["step"] > 2:
+            self.micro_batch_seconds = (now - self.last_step_start) / self.last_accumulation
+        if self.cfg.budget_seconds is not None and self.micro_batch_seconds:
+            left = self.cfg.budget_seconds - now
+            accumulation = max(1, min(accumulation, math.ceil(left / self.micro_batch_seconds)))
+        self.last_step_start, self.last_accumulation = now, accumulation
+        return accumulation
+
     def _one_step(self) -> PendingStep:
         progress = self.progress()
         lr = self.cfg.optim.lr * self.lr_at(progress)
-        accumulation = accumulation_steps(progress, self.cfg.batch, self.micro_batch, self.dist.world_size)
+        accumulation = self._accumulation(progress)
         non_blocking = self.device.type == "cuda"
         batches = [next(self.stream).to(self.device, non_blocking=non_blocking) for _ in range(accumulation)]
         out = self.train_step(batches, lr)
