@@ -16,7 +16,7 @@ $(BIN)/cram: pyproject.toml
 install: $(BIN)/cram
 
 demo: install
-	$(BIN)/cram data prepare --source pydoc --out runs/demo/data --vocab-size 8192
+	$(BIN)/cram run --preset demo --out runs/demo $(if $(wildcard ../shared/data/glue),--glue-dir ../shared/data/glue)
 
 test: install
 	$(BIN)/python -m pytest -q

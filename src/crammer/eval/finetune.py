@@ -1,0 +1,269 @@
+"""Fine-tune one model on one task for one seed, then score it on the dev split(s).
+
+Any Hugging Face encoder with a sequence-classification head works: the model is loaded through
+`AutoModelForSequenceClassification` (after `import crammer.model`, which registers crammed BERT), with
+a new head sized for the task. Batches are bucketed by length and padded only to a multiple of
+`pad_multiple`, so short GLUE sentences do not pay for 128-token padding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from crammer.errors import CrammerError
+from crammer.eval.config import GlueConfig
+from crammer.eval.metrics import compute_metrics
+from crammer.eval.tasks import GlueTask, Split
+
+# Config fields that hold dropout probabilities across common encoders (BERT, crammed BERT, DistilBERT, ...).
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
+                  "attention_dropout", "seq_classif_dropout")
+
+
+def _register_crammed_bert() -> None:
+    """Make our own checkpoints loadable by the Auto classes (a no-op if the model package is absent)."""
+    with contextlib.suppress(ImportError):
+        import crammer.model  # noqa: F401
+
+
+def check_model_source(model: str) -> None:
+    """Fail early, with one line, on a local folder that is not a Hugging Face model."""
+    path = Path(model).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise CrammerError(f"--model {model}: not a model folder (no config.json)")
+    if not path.exists() and model.startswith((".", "/", "~")):
+        raise CrammerError(f"--model {model}: no such folder")
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    check_model_source(model)
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except Exception as e:  # OSError, ValueError, hub errors: all mean "no usable tokenizer here"
+        raise CrammerError(f"--model {model}: cannot load its tokenizer ({_first_line(e)})") from None
+
+
+def load_classifier(model: str, task: GlueTask, dropout: float) -> torch.nn.Module:
+    """The pretrained encoder with a fresh `task.num_labels`-way head (1 output = MSE regression)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    _register_crammed_bert()
+    check_model_source(model)
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except Exception as e:
+        raise CrammerError(f"--model {model}: not a loadable model config ({_first_line(e)})") from None
+    config.num_labels = task.num_labels
+    config.problem_type = "regression" if task.is_regression else "single_label_classification"
+    if not task.is_regression:
+        config.id2label = dict(enumerate(task.labels))
+        config.label2id = {name: i for i, name in enumerate(task.labels)}
+    for name in DROPOUT_FIELDS:
+        if hasattr(config, name):
+            setattr(config, name, dropout)
+    # Loaded once per trial: keep the log to our own lines ("newly initialized classifier" is the point here).
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        # fp32 master weights whatever the checkpoint's dtype (bf16 comes from autocast); a head saved with
+        # another label count (a fine-tuned checkpoint) is replaced by a fresh one
+        return AutoModelForSequenceClassification.from_pretrained(model, config=config, dtype=torch.float32,
+                                                                  ignore_mismatched_sizes=True)
+    except Exception as e:
+        raise CrammerError(f"--model {model}: cannot load it for sequence classification "
+                           f"({type(e).__name__}: {_first_line(e)})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+@dataclass
+class Encoded:
+    """A tokenized split: one list of token ids (and segment ids) per example."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[float]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+def encode(tokenizer, split: Split, max_length: int) -> Encoded:
+    enc = tokenizer(split.text_a, split.text_b, truncation=True, max_length=max_length)
+    types = enc.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
+    return Encoded(list(enc["input_ids"]), list(types) if types is not None else None, list(split.labels))
+
+
+def bucketed_batches(lengths: list[int], batch_size: int, window: int, generator: torch.Generator) -> list[list[int]]:
+    """Shuffled batches of similar-length examples.
+
+    A random order is cut into windows of `window` batches; each window is sorted by length and split
+    into batches, and the batches are shuffled, so every epoch sees new batch compositions but a batch
+    rarely mixes a 10-token and a 120-token example.
+    """
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    span = batch_size * window
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start:start + span], key=lengths.__getitem__)
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    perm = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in perm]
+
+
+def collate(data: Encoded, indices: list[int], pad_id: int, pad_multiple: int, regression: bool) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest example, rounded up to a multiple of `pad_multiple`."""
+    longest = max(len(data.input_ids[i]) for i in indices)
+    width = math.ceil(longest / pad_multiple) * pad_multiple
+    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+    token_type_ids = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        n = len(data.input_ids[i])
+        input_ids[row, :n] = torch.tensor(data.input_ids[i])
+        attention_mask[row, :n] = 1
+        if data.token_type_ids is not None:
+            token_type_ids[row, :n] = torch.tensor(data.token_type_ids[i])
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if data.token_type_ids is not None:
+        batch["token_type_ids"] = token_type_ids
+    labels = [data.labels[i] for i in indices]
+    batch["labels"] = torch.tensor(labels, dtype=torch.float32 if regression else torch.long)
+    return batch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CrammerError(f"glue config: device={name!r} is not a torch device (auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CrammerError(f"glue config: device={name} but CUDA is not available")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it pays off (auto: CUDA with bf16 support), or on request; None = fp32."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _optimizer(model: torch.nn.Module, cfg: GlueConfig, device: torch.device) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+
+
+def run_trial(
+    model_path: str,
+    task: GlueTask,
+    train: Encoded,
+    evals: dict[str, Encoded],
+    pad_id: int,
+    cfg: GlueConfig,
+    seed: int,
+    device: torch.device,
+    desc: str = "",
+) -> dict:
+    """Fine-tune for `cfg.epochs` epochs with seed `seed`; return the metrics after the last epoch."""
+    from transformers import get_scheduler, set_seed
+
+    set_seed(seed)  # the new head's init, dropout masks and the batch order all follow the seed
+    model = load_classifier(model_path, task, cfg.dropout).to(device)
+    forward = torch.compile(model, dynamic=True) if cfg.compile else model
+    dtype = autocast_dtype(cfg.precision, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    generator = torch.Generator().manual_seed(seed)
+
+    steps_per_epoch = math.ceil(len(train.labels) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = _optimizer(model, cfg, device)
+    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=round(cfg.warmup_fraction * total_steps),
+                              num_training_steps=total_steps)
+
+    start = time.perf_counter()
+    model.train()
+    for epoch in range(cfg.epochs):
+        epoch_loss = torch.zeros((), device=device)
+        batches = bucketed_batches(train.lengths, cfg.batch_size, cfg.bucket_batches, generator)
+        bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
+        for indices in bar:
+            batch = {k: v.to(device, non_blocking=True)
+                     for k, v in collate(train, indices, pad_id, cfg.pad_multiple, task.is_regression).items()}
+            with autocast():
+                loss = forward(**batch).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            epoch_loss += loss.detach()
+            if bar.n % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    train_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    metrics = {}
+    for split_name, data in evals.items():
+        predictions = predict(forward, data, pad_id, cfg, task.is_regression, device, autocast)
+        values = compute_metrics(task.metric, predictions, data.labels)
+        metrics.update({f"{k}_{split_name}" if split_name else k: v for k, v in values.items()})
+    return {
+        "metrics": metrics,
+        "seed": seed,
+        "epochs": cfg.epochs,
+        "steps": total_steps,
+        "last_epoch_train_loss": epoch_loss.item() / steps_per_epoch,
+        "train_examples": len(train.labels),
+        "eval_examples": {name or "dev": len(d.labels) for name, d in evals.items()},
+        "train_seconds": round(train_seconds, 2),
+        "eval_seconds": round(time.perf_counter() - start, 2),
+        "device": str(device),
+        "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
+    }
+
+
+@torch.inference_mode()
+def predict(forward, data: Encoded, pad_id: int, cfg: GlueConfig, regression: bool, device: torch.device,
+            autocast) -> list[float]:
+    """Predictions in the split's order (computed in length-sorted batches)."""
+    forward.eval()
+    order = sorted(range(len(data.labels)), key=data.lengths.__getitem__)
+    out: list[float] = [0.0] * len(order)
+    for start in range(0, len(order), cfg.eval_batch_size):
+        indices = order[start:start + cfg.eval_batch_size]
+        batch = collate(data, indices, pad_id, cfg.pad_multiple, regression)
+        batch.pop("labels")
+        with autocast():
+            logits = forward(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+        values = logits.squeeze(-1) if regression else logits.argmax(-1)
+        for i, v in zip(indices, values.tolist()):
+            out[i] = v
+    forward.train()
+    return out

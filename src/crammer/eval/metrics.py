@@ -1,0 +1,53 @@
+"""GLUE metrics (scikit-learn / scipy) and the GLUE score, all on the 0-100 scale GLUE tables use."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from crammer.eval.tasks import GLUE_SCORE_COLUMNS, TASKS, MetricKind
+
+
+def compute_metrics(kind: MetricKind, predictions: Sequence[float], labels: Sequence[float]) -> dict[str, float]:
+    """Metric values x 100 for class predictions (or regression outputs for `correlation`)."""
+    pred, gold = np.asarray(predictions), np.asarray(labels)
+    if kind == "correlation":
+        if np.ptp(pred) == 0 or np.ptp(gold) == 0:  # constant output: correlation undefined, score it 0
+            return {"pearson": 0.0, "spearman": 0.0}
+        return {"pearson": 100 * float(pearsonr(pred, gold)[0]), "spearman": 100 * float(spearmanr(pred, gold)[0])}
+    pred, gold = pred.astype(np.int64), gold.astype(np.int64)
+    accuracy = 100 * float(accuracy_score(gold, pred))
+    if kind == "accuracy":
+        return {"accuracy": accuracy}
+    if kind == "f1":
+        return {"f1": 100 * float(f1_score(gold, pred, zero_division=0.0)), "accuracy": accuracy}
+    if kind == "mcc":
+        return {"mcc": 100 * float(matthews_corrcoef(gold, pred))}
+    raise ValueError(f"unknown metric kind {kind!r}")
+
+
+def glue_numbers(task_medians: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Per-task median metrics -> the GLUE table's columns (MNLI-m and MNLI-mm separately)."""
+    out = {}
+    for name, medians in task_medians.items():
+        for column, key in TASKS[name].glue_numbers:
+            if key in medians:
+                out[column] = medians[key]
+    return out
+
+
+def glue_score(numbers: Mapping[str, float]) -> float | None:
+    """Mean of the 9 numbers of the cramming paper; None unless all of them are there."""
+    if not all(col in numbers for col in GLUE_SCORE_COLUMNS):
+        return None
+    return float(np.mean([numbers[col] for col in GLUE_SCORE_COLUMNS]))
+
+
+def mean_score(numbers: Mapping[str, float]) -> float | None:
+    """Mean over whichever GLUE columns were run (for partial evaluations)."""
+    values = [v for col, v in numbers.items() if col in GLUE_SCORE_COLUMNS and not math.isnan(v)]
+    return float(np.mean(values)) if values else None

@@ -1,0 +1,236 @@
+"""`RUN_DIR/report.md` + `RUN_DIR/report.html`, built only from the files a run leaves on disk.
+
+Because the report reads files (run.json, state.json, the corpus manifest, metrics.jsonl, the GLUE
+results) rather than in-memory objects, `cram report RUN_DIR` can regenerate it at any time, also
+for a run that is still going or that stopped half-way: missing parts are said to be missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+from pathlib import Path
+from typing import Any
+
+from crammer.errors import CrammerError
+from crammer.io import atomic_write_text, read_json
+from crammer.eval.glue import REFERENCE_SCORES
+from crammer.eval.tasks import TASKS
+from crammer.report.document import (
+    Bullets,
+    Code,
+    Document,
+    Heading,
+    Image,
+    Paragraph,
+    Table,
+    to_html,
+    to_markdown,
+)
+from crammer.report.layout import RunLayout
+from crammer.report.plan import duration, human
+from crammer.report.state import RUN_JSON, RunState
+from crammer.train.metrics import METRICS_FILE, read_metrics
+from crammer.train.plot import plot_run
+
+PRETRAINING_SUMMARY = "pretraining.json"  # written into final/ by crammer.train
+# The corpus counts in pipeline order: what was read, what each filter removed, what was kept.
+_COUNT_ORDER = ["documents_read", "documents_bad", "documents_empty", "documents_filtered",
+                "documents_deduplicated", "documents_kept", "characters_read", "tokens", "sequences"]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _summary_section(doc: Document, run: dict[str, Any], state: RunState) -> None:
+    config = run.get("config", {})
+    items = [f"command: `{shlex.join(run.get('command', []))}`"]
+    labels = {"data": "data preparation", "pretrain": "pretraining", "glue": "GLUE fine-tuning"}
+    for stage, label in labels.items():
+        record = state.stages.get(stage)
+        if record is None:
+            items.append(f"{label}: not finished")
+        else:
+            items.append(f"{label}: {duration(record['seconds'])} wall-clock"
+                         + (" (in the invocation that finished it; the run was resumed)" if record.get("resumed") else ""))
+    budget = config.get("pretrain", {}).get("budget_seconds")
+    if budget:
+        items.append(
+            f"the budget ({duration(budget)}) applies to pretraining only, as in the cramming paper; "
+            "data preparation and GLUE fine-tuning are extra and timed separately above"
+        )
+    doc.add(Heading("Summary"), Bullets(items))
+
+
+def _data_section(doc: Document, data_dir: Path | None, tokens_trained: float | None) -> int | None:
+    """Corpus statistics and epochs seen; returns the sequence length (None before the data stage)."""
+    doc.add(Heading("Data"))
+    if data_dir is None or not (data_dir / "manifest.json").is_file():
+        doc.add(Paragraph("The prepared corpus is not there yet (data stage not finished)."))
+        return None
+    manifest = read_json(data_dir / "manifest.json")
+    counts = manifest.get("counts", {})
+    doc.add(Paragraph(f"Prepared corpus: `{data_dir}` (sequence length {manifest.get('seq_len')}, "
+                      f"vocabulary {manifest.get('vocab_size')})."))
+    ordered = sorted(_flatten(counts), key=lambda kv: (_COUNT_ORDER.index(kv[0]) if kv[0] in _COUNT_ORDER else 99, kv[0]))
+    doc.add(Table(["quantity", "value"], [[k.replace("_", " "), _fmt(v)] for k, v in ordered]))
+    corpus_tokens = int(manifest["num_tokens"])
+    if tokens_trained is not None and corpus_tokens:
+        epochs = tokens_trained / corpus_tokens
+        doc.add(Paragraph(f"Pretraining saw {human(tokens_trained)} tokens = {epochs:.3g} epochs over the "
+                          "prepared corpus" + (" (the recipe assumes at most one)." if epochs > 1 else ".")))
+    return int(manifest["seq_len"])
+
+
+def _model_section(doc: Document, final_dir: Path, seq_len: int | None, masked_fraction: float | None) -> float | None:
+    """Parameters and training FLOPs/token of the final model; returns FLOPs/token (for MFU)."""
+    doc.add(Heading("Model"))
+    if not (final_dir / "config.json").is_file():
+        doc.add(Paragraph("No final model yet (pretraining not finished)."))
+        return None
+    import torch
+
+    from crammer.model import CrammedBertConfig, CrammedBertForMaskedLM, count_parameters, training_flops_per_token
+
+    config = CrammedBertConfig.from_pretrained(str(final_dir))
+    with torch.device("meta"):  # shapes only: counting needs no memory and no weights
+        model = CrammedBertForMaskedLM(config)
+    seq_len = seq_len or config.max_position_embeddings
+    fraction = 0.25 if masked_fraction is None else masked_fraction
+    flops = training_flops_per_token(config, seq_len, fraction)
+    rows = [
+        ["parameters", f"{count_parameters(model) / 1e6:.2f}M"],
+        ["parameters without embeddings", f"{count_parameters(model, include_embeddings=False) / 1e6:.2f}M"],
+        ["layers x hidden x heads", f"{config.num_hidden_layers} x {config.hidden_size} x {config.num_attention_heads}"],
+        ["vocabulary", f"{config.vocab_size:,}"],
+        [f"training FLOPs/token (seq {seq_len}, {fraction:.0%} masked)", human(flops, "FLOP")],
+    ]
+    doc.add(Paragraph(f"Final model (a Hugging Face folder): `{final_dir}`."), Table(["quantity", "value"], rows))
+    return flops
+
+
+def _training_section(doc: Document, layout: RunLayout, metrics: list[dict[str, Any]],
+                      flops_per_token: float | None) -> None:
+    doc.add(Heading("Pretraining"))
+    if not metrics:
+        doc.add(Paragraph(f"No training metrics yet ({layout.pretrain / METRICS_FILE})."))
+        return
+    last = metrics[-1]
+    throughput = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s") is not None]
+    mfu = [m["mfu"] for m in metrics if m.get("mfu") is not None]
+    rows = [
+        ["optimizer steps", _fmt(last["step"])],
+        ["tokens", _fmt(last["tokens"])],
+        ["elapsed budget", duration(last["elapsed_s"])],
+        ["last logged MLM loss", _fmt(last["loss"])],
+        ["batch (sequences)", f"{last['batch_size']} = micro-batch {last['micro_batch']} x {last['accumulation']}"],
+        ["median tokens/s", f"{statistics.median(throughput):,.0f}" if throughput else "n/a"],
+        ["median model FLOP/s (tokens/s x training FLOPs/token)",
+         human(statistics.median(throughput) * flops_per_token, "FLOP/s") if throughput and flops_per_token else "n/a"],
+        ["median MFU", f"{statistics.median(mfu):.1%}" if mfu else "n/a (no known accelerator peak, e.g. on CPU)"],
+    ]
+    summary = layout.final / PRETRAINING_SUMMARY
+    if summary.is_file():
+        done = read_json(summary)
+        rows += [["finished: steps, tokens, budget", f"{done['steps']:,}, {done['tokens']:,}, {duration(done['elapsed_s'])}"],
+                 ["precision", str(done["precision"])], ["non-finite steps skipped", _fmt(done["nonfinite_steps"])]]
+    else:
+        rows.append(["finished", "no (pretraining still running or interrupted; figures are the last logged)"])
+    doc.add(Table(["quantity", "value"], rows))
+    for png in plot_run(layout.pretrain, layout.plots):
+        doc.add(Image(png, f"{png.stem.replace('_', ' ')} over elapsed budget time"))
+
+
+def _glue_section(doc: Document, glue_dir: Path, state: RunState) -> None:
+    doc.add(Heading("GLUE"))
+    record = state.stages.get("glue")
+    results_path = glue_dir / "results.json"
+    if record is None and not results_path.is_file():
+        doc.add(Paragraph("GLUE evaluation not run yet."))
+        return
+    if record is None:
+        doc.add(Paragraph("GLUE evaluation still running or interrupted: the tasks finished so far."))
+    skipped = (record or {}).get("skipped", {})
+    if skipped:
+        doc.add(Paragraph("Tasks skipped, and why (the next `cram run` with the same options retries them):"),
+                Bullets([f"{TASKS[task].folder}: skipped: {why}" for task, why in skipped.items()]))
+    if not results_path.is_file():
+        doc.add(Paragraph("No task was evaluated."))
+        return
+    results = read_json(results_path)
+    cfg = results["config"]
+    doc.add(Paragraph(
+        f"Protocol `{results['protocol']}` (one hyper-parameter set for all tasks: lr {cfg['lr']:g}, batch "
+        f"{cfg['batch_size']}, {cfg['epochs']} epoch(s), score after the last epoch), median of "
+        f"{cfg['trials']} trial(s) per task; spread = lowest..highest trial."))
+    if cfg["max_train_examples"] or cfg["max_eval_examples"]:
+        doc.add(Paragraph(
+            f"Subsets: at most {cfg['max_train_examples'] or 'all'} training and {cfg['max_eval_examples'] or 'all'} "
+            "evaluation examples per task, so these scores are a smoke test, not comparable to GLUE."))
+    rows = []
+    for task, summary in results["tasks"].items():
+        for metric, median in summary["median"].items():
+            values = [t["metrics"][metric] for t in summary["trials"]]
+            rows.append([TASKS[task].folder, metric, f"{median:.1f}", f"{min(values):.1f}..{max(values):.1f}",
+                         str(len(values))])
+    doc.add(Table(["task", "metric", "median", "spread", "trials"], rows))
+    score = results["glue_score"]
+    rows = [["this model, GLUE score (9 numbers)", "n/a: not every task ran" if score is None else f"{score:.1f}"],
+            [f"this model, mean over the {len(results['glue_numbers'])} number(s) run",
+             "n/a" if results["mean_over_tasks_run"] is None else f"{results['mean_over_tasks_run']:.1f}"]]
+    rows += [[f"{name} (reference)", f"{value:.1f}"] for name, value in REFERENCE_SCORES]
+    doc.add(Table(["model", "GLUE dev"], rows))
+
+
+def _reproduce_section(doc: Document, run: dict[str, Any]) -> None:
+    doc.add(Heading("Reproducibility"))
+    if not run:
+        doc.add(Paragraph(f"No {RUN_JSON} in this folder: configuration and versions unknown."))
+        return
+    doc.add(Paragraph("Re-run the exact command below in a new folder; the resolved configuration "
+                      "(every key, after preset and overrides) and the software it ran on follow."))
+    doc.add(Code(shlex.join(run.get("command", [])), "bash"))
+    doc.add(Code(json.dumps(run.get("config", {}), indent=2, sort_keys=True), "json"))
+    doc.add(Table(["software", "version"], [[k, str(v)] for k, v in run.get("versions", {}).items()]))
+
+
+def build_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """(Re)write RUN_DIR/report.md and RUN_DIR/report.html from the files in RUN_DIR."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CrammerError(f"{run_dir}: no such run folder")
+    layout = RunLayout(run_dir)
+    run = read_json(run_dir / RUN_JSON) if (run_dir / RUN_JSON).is_file() else {}
+    state = RunState.load(run_dir)
+    metrics = read_metrics(layout.pretrain) if (layout.pretrain / METRICS_FILE).is_file() else []
+    tokens_trained = metrics[-1]["tokens"] if metrics else None
+    data_dir = Path(state.stages["data"]["data_dir"]) if "data" in state.stages else None
+    masked_fraction = run.get("config", {}).get("pretrain", {}).get("masking", {}).get("fraction")
+
+    doc = Document(f"crammer run: {run_dir.name}")
+    _summary_section(doc, run, state)
+    seq_len = _data_section(doc, data_dir, tokens_trained)
+    flops_per_token = _model_section(doc, layout.final, seq_len, masked_fraction)
+    _training_section(doc, layout, metrics, flops_per_token)
+    _glue_section(doc, layout.glue, state)
+    _reproduce_section(doc, run)
+
+    atomic_write_text(layout.report_md, to_markdown(doc, run_dir))
+    atomic_write_text(layout.report_html, to_html(doc))
+    return layout.report_md, layout.report_html

@@ -1,0 +1,185 @@
+"""`cram run`: raw text -> prepared corpus -> budgeted pretraining -> GLUE -> report, in one folder.
+
+Each stage is skipped when its result is complete, so re-running the same command after a crash or
+a kill continues where it stopped: data preparation reuses its cached corpus, pretraining resumes
+from its last checkpoint with the budget clock continuing, GLUE keeps finished trials, and the
+report is rebuilt from the files. The budget is the pretraining budget, as in the cramming paper;
+data preparation and GLUE fine-tuning are extra and timed separately in the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from crammer.config import apply_overrides, parse_duration, pick_preset, to_dict
+from crammer.data.prepare import PRESETS as DATA_PRESETS
+from crammer.data.prepare import DataConfig as CorpusConfig
+from crammer.data.prepare import prepare
+from crammer.errors import CrammerError
+from crammer.eval.config import GlueConfig, make_glue_config
+from crammer.eval.glue import evaluate_glue, trial_path
+from crammer.eval.tasks import TASKS, load_task
+from crammer.io import read_json
+from crammer.report.layout import RunLayout
+from crammer.report.presets import RUN_PRESETS
+from crammer.report.report import PRETRAINING_SUMMARY, build_report
+from crammer.report.state import RunState, write_run_record
+from crammer.train import PretrainConfig, make_pretrain_config, pretrain
+from crammer.train.checkpoint import latest_checkpoint
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The resolved config of every stage: what run.json stores and the report prints."""
+
+    preset: str
+    data: CorpusConfig
+    pretrain: PretrainConfig
+    glue: GlueConfig
+
+
+def make_run_config(
+    preset: str,
+    out: Path,
+    sources: Sequence[str] = (),
+    budget: str | None = None,
+    glue_dir: str | None = None,
+    tasks: str | None = None,
+    trials: int | None = None,
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """A run preset + command-line options + `data.X=`/`pretrain.X=`/`glue.X=` overrides."""
+    names = pick_preset(RUN_PRESETS, preset, "run preset")
+    by_stage: dict[str, list[str]] = {"data": [], "pretrain": [], "glue": []}
+    for item in overrides:
+        stage, _, rest = item.partition(".")
+        if stage not in by_stage or not rest or "=" not in rest:
+            raise CrammerError(f"bad override {item!r}: expected data.KEY=VALUE, pretrain.KEY=VALUE or glue.KEY=VALUE")
+        by_stage[stage].append(rest)
+
+    data = pick_preset(DATA_PRESETS, names.data, "data preset")
+    data = dataclasses.replace(data, out=str(RunLayout(out).data))
+    if sources:
+        data = dataclasses.replace(data, sources=tuple(sources))
+    data = apply_overrides(data, by_stage["data"])
+
+    pretrain = make_pretrain_config(
+        names.pretrain, by_stage["pretrain"], budget_seconds=parse_duration(budget or names.budget)
+    )
+    glue_options = [f"glue_dir={glue_dir}"] if glue_dir else []
+    glue_options += [f"tasks={tasks}"] if tasks else []
+    glue_options += [f"trials={trials}"] if trials is not None else []
+    glue = make_glue_config(names.glue_protocol, [*names.glue_overrides, *glue_options, *by_stage["glue"]])
+    return RunConfig(preset=preset, data=data, pretrain=pretrain, glue=glue)
+
+
+def run(config: RunConfig, out: Path, command: Sequence[str]) -> Path:
+    """Run (or continue) every unfinished stage in `out`; returns the path of report.md.
+
+    Under `torchrun` every rank runs this: rank 0 prepares the corpus while the others wait for it,
+    all ranks pretrain together (DDP), and rank 0 alone fine-tunes on GLUE and writes the report.
+    """
+    layout = RunLayout(Path(out))
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        layout.root.mkdir(parents=True, exist_ok=True)
+        write_run_record(layout.root, to_dict(config), list(command))
+    state = RunState.load(layout.root)
+
+    data_dir = _data_stage(config, layout, state) if rank == 0 else _wait_for_data(config, layout)
+    final = _pretrain_stage(config, data_dir, layout, state, write_state=rank == 0)
+    if rank != 0:
+        return layout.report_md
+    _glue_stage(config, final, layout, state)
+
+    started = time.monotonic()
+    md, html = build_report(layout.root)
+    state.finish("report", time.monotonic() - started)
+    print(f"[report] {md} and {html}")
+    return md
+
+
+def _data_stage(config: RunConfig, layout: RunLayout, state: RunState) -> Path:
+    """Always asks `prepare`, which returns at once when the recipe and input files are unchanged."""
+    print(f"[data] {', '.join(config.data.sources)} -> {layout.data}")
+    started = time.monotonic()
+    data_dir = Path(prepare(config.data))
+    if not state.done("data"):
+        state.finish("data", time.monotonic() - started, data_dir=str(data_dir))
+    return data_dir
+
+
+def _wait_for_data(config: RunConfig, layout: RunLayout, poll_s: float = 2.0) -> Path:
+    """Ranks > 0 wait for rank 0's corpus (its folder appears atomically; torchrun ends us if rank 0 fails)."""
+    manifest = layout.data / "manifest.json"
+    while not (manifest.is_file() and read_json(manifest).get("config_hash") == config.data.recipe_hash()):
+        time.sleep(poll_s)
+    return layout.data
+
+
+def _pretrain_stage(config: RunConfig, data_dir: Path, layout: RunLayout, state: RunState, write_state: bool) -> Path:
+    """Skipped when RUN_DIR/pretrain/final exists (it appears atomically, only when complete)."""
+    summary = layout.final / PRETRAINING_SUMMARY
+    if summary.is_file():
+        trained_with = read_json(summary).get("config")
+        if trained_with != to_dict(config.pretrain):
+            raise CrammerError(f"{summary}: the final model was trained with a different pretraining config "
+                               "than this run's; use a new --out folder")
+        print(f"[pretrain] skipped: the final model is in {layout.final}")
+        return layout.final
+    resume = latest_checkpoint(layout.pretrain) is not None
+    print(f"[pretrain] {'resuming from the last checkpoint in' if resume else 'starting in'} {layout.pretrain}")
+    started = time.monotonic()
+    final = Path(pretrain(config.pretrain, data_dir, layout.pretrain, resume=resume))
+    if write_state:
+        state.finish("pretrain", time.monotonic() - started, resumed=resume)
+    return final
+
+
+def _glue_stage(config: RunConfig, final: Path, layout: RunLayout, state: RunState) -> None:
+    """Fine-tune on every reachable task; unreachable ones are recorded with the reason, and retried
+    by the next invocation (finished trials are never redone)."""
+    record = state.stages.get("glue")
+    if record is not None and not record["skipped"]:
+        print(f"[glue] skipped: every task is done ({layout.glue / 'results.md'})")
+        return
+    started = time.monotonic()
+    reachable, skipped = [], {}
+    for task in config.glue.tasks:
+        why = None if _trials_done(config.glue, layout, task) else unreachable(task, config.glue.glue_dir)
+        if why is None:
+            reachable.append(task)
+        else:
+            skipped[task] = why
+            print(f"[glue] {task}: skipped: {why}")
+    if reachable:
+        evaluate_glue(str(final), dataclasses.replace(config.glue, tasks=tuple(reachable)), layout.glue)
+    state.finish("glue", time.monotonic() - started, tasks=reachable, skipped=skipped)
+
+
+def _trials_done(glue: GlueConfig, layout: RunLayout, task: str) -> bool:
+    return all(trial_path(layout.glue, task, k).is_file() for k in range(glue.trials))
+
+
+def unreachable(task: str, glue_dir: str | None) -> str | None:
+    """Why `task` cannot be loaded (missing from the local folder, or the hub unreachable), else None.
+
+    Only availability is a reason to skip: a malformed file is still an error when the task runs.
+    """
+    spec = TASKS[task]
+    if glue_dir is not None:
+        folder = Path(glue_dir).expanduser() / spec.folder
+        for name in ("train.tsv", *(split.file for split in spec.eval_splits)):
+            if not (folder / name).is_file():
+                return f"not in --glue-dir ({folder / name} not found)"
+        return None
+    try:
+        load_task(task, None)
+    except CrammerError as e:
+        return str(e)
+    return None

@@ -1,0 +1,45 @@
+"""The protocol presets and their overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from crammer.errors import CrammerError
+from crammer.eval.config import make_glue_config
+from crammer.eval.tasks import ALL_TASKS
+
+
+def test_sane_and_full_presets():
+    sane = make_glue_config("sane")
+    assert (sane.lr, sane.batch_size, sane.epochs, sane.schedule, sane.warmup_fraction, sane.weight_decay,
+            sane.max_length, sane.dropout, sane.trials) == (4e-5, 16, 5, "cosine", 0.1, 0.0, 128, 0.1, 5)
+    assert sane.tasks == ALL_TASKS and sane.glue_dir is None
+    full = make_glue_config("full")
+    assert (full.lr, full.batch_size, full.epochs, full.schedule, full.warmup_fraction, full.weight_decay) == (
+        2e-5, 32, 10, "linear", 0.06, 0.1)
+    with pytest.raises(CrammerError, match="unknown GLUE protocol 'fast'"):
+        make_glue_config("fast")
+
+
+def test_overrides_are_typed_and_checked():
+    cfg = make_glue_config("sane", ["lr=3e-5", "tasks=rte,cola", "max_train_examples=100", "glue_dir=/data/glue",
+                                    "compile=true", "precision=fp32"])
+    assert cfg.lr == 3e-5 and cfg.tasks == ("rte", "cola") and cfg.max_train_examples == 100
+    assert cfg.glue_dir == "/data/glue" and cfg.compile is True and cfg.precision == "fp32"
+    assert make_glue_config("sane", ["tasks=all"]).tasks == ALL_TASKS
+    for bad, message in [("lr=fast", "expected a number"), ("schedule=step", "not one of cosine, linear"),
+                         ("learning_rate=1", "unknown config key"), ("trials=0", "trials must be >= 1"),
+                         ("tasks=rte,xnli", "unknown GLUE task 'xnli'"), ("warmup_fraction=1.5", "warmup_fraction"),
+                         ("max_eval_examples=-1", "max_train_examples / max_eval_examples")]:
+        with pytest.raises(CrammerError, match=message):
+            make_glue_config("sane", [bad])
+
+
+def test_trial_key_tracks_the_recipe_only():
+    base = make_glue_config("sane")
+    key = base.trial_key("m")
+    for same in (["trials=2"], ["tasks=rte"], ["device=cpu"], ["glue_dir=/x"], ["compile=true"]):
+        assert make_glue_config("sane", same).trial_key("m") == key
+    for other in (["lr=1e-5"], ["epochs=3"], ["seed=7"], ["max_train_examples=10"]):
+        assert make_glue_config("sane", other).trial_key("m") != key
+    assert base.trial_key("other-model") != key

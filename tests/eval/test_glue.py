@@ -1,0 +1,163 @@
+"""End to end: tiny models fine-tuned on small subsets of the real tasks; results files, resume, CLI, errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+
+from crammer.cli import main
+from crammer.errors import CrammerError
+from crammer.eval.config import make_glue_config
+from crammer.eval.glue import evaluate_glue
+from tests.eval.conftest import write_tsv
+
+SMALL = ["device=cpu", "epochs=1", "max_train_examples=48", "max_eval_examples=40", "eval_batch_size=16"]
+
+
+def _run(model, out, overrides, logs=None):
+    return evaluate_glue(str(model), make_glue_config("sane", SMALL + overrides), out,
+                         log=(logs.append if logs is not None else lambda m: None))
+
+
+def test_results_files_and_resume(tiny_bert, glue_dir, tmp_path):
+    out = tmp_path / "glue"
+    logs: list[str] = []
+    results = _run(tiny_bert, out, [f"glue_dir={glue_dir}", "tasks=cola,mrpc,stsb", "trials=2"], logs)
+    assert sum("trial" in m and "(seed" in m for m in logs) == 6
+    for task, keys in {"cola": ["mcc"], "mrpc": ["f1", "accuracy"], "stsb": ["pearson", "spearman"]}.items():
+        runs = [json.loads((out / task / f"trial-{k}.json").read_text()) for k in range(2)]
+        assert [r["seed"] for r in runs] == [0, 1] and all(r["epochs"] == 1 for r in runs)
+        assert all(sorted(r["metrics"]) == sorted(keys) and r["train_examples"] == 48 for r in runs)
+        assert all(r["eval_examples"] == {"dev": 40} and r["train_seconds"] > 0 for r in runs)
+        assert all(r["steps"] == 3 and r["precision"] == "float32" for r in runs)
+        assert list(results["tasks"][task]["median"]) == keys  # the scored metric first
+        for key in keys:
+            assert results["tasks"][task]["median"][key] == statistics.median(r["metrics"][key] for r in runs)
+    assert set(results["glue_numbers"]) == {"CoLA", "MRPC", "STS-B"} and results["glue_score"] is None
+    assert results["mean_over_tasks_run"] == pytest.approx(statistics.mean(results["glue_numbers"].values()))
+    assert json.loads((out / "results.json").read_text())["glue_numbers"] == results["glue_numbers"]
+    md = (out / "results.md").read_text()
+    for text in ("## cola", "## mrpc", "## stsb", "| **median** |", "80.9", "80.7", "72.7", "Subsets"):
+        assert text in md
+    assert json.loads((out / "config.json").read_text())["config"]["tasks"] == ["cola", "mrpc", "stsb"]
+
+    # resume: finished trials are kept, only the new third trial of each task runs
+    before = {p: p.read_bytes() for p in out.glob("*/trial-*.json")}
+    logs.clear()
+    results = _run(tiny_bert, out, [f"glue_dir={glue_dir}", "tasks=cola,mrpc,stsb", "trials=3"], logs)
+    ran = [m for m in logs if "(seed" in m]
+    assert len(ran) == 3 and all("trial 3/3 (seed 2)" in m for m in ran)
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert len(results["tasks"]["cola"]["trials"]) == 3
+    logs.clear()
+    _run(tiny_bert, out, [f"glue_dir={glue_dir}", "tasks=cola", "trials=3"], logs)
+    assert logs == ["cola: all 3 trials already done"]
+
+    with pytest.raises(CrammerError, match=r"trial-0.json: made with another model or recipe"):
+        _run(tiny_bert, out, [f"glue_dir={glue_dir}", "tasks=cola", "lr=1e-3"])
+
+
+def test_finetuning_learns_an_easy_task(tiny_bert, tmp_path):
+    """Word 'good' vs 'bad' among random filler words, of varied lengths: a working loop must solve it.
+
+    This also checks that predictions made in length-sorted batches are put back in the dev order.
+    """
+    rng = random.Random(0)
+    filler = "the a of city river music war king year people house light".split()
+
+    def rows(n):
+        out = []
+        for _ in range(n):
+            label = rng.randrange(2)
+            words = [rng.choice(filler) for _ in range(rng.randrange(2, 30))]
+            words.insert(rng.randrange(len(words)), "good" if label else "bad")
+            out.append([" ".join(words), str(label)])
+        return out
+
+    write_tsv(tmp_path / "data/SST-2/train.tsv", ["sentence", "label"], rows(320))
+    write_tsv(tmp_path / "data/SST-2/dev.tsv", ["sentence", "label"], rows(120))
+    results = evaluate_glue(str(tiny_bert), make_glue_config("sane", [
+        "device=cpu", "tasks=sst2", "trials=1", "epochs=3", "lr=3e-3", "dropout=0", f"glue_dir={tmp_path / 'data'}"]),
+        tmp_path / "out", log=lambda m: None)
+    assert results["tasks"]["sst2"]["median"]["accuracy"] > 90
+
+
+def test_mnli_scores_both_dev_splits(tiny_bert, tmp_path):
+    header = ["index", "sentence1", "sentence2", "gold_label"]
+    labels = ["entailment", "neutral", "contradiction"]
+    rows = [[str(i), f"premise number {i}", f"hypothesis {i % 7}", labels[i % 3]] for i in range(40)]
+    for name in ("train.tsv", "dev_matched.tsv", "dev_mismatched.tsv"):
+        write_tsv(tmp_path / "glue/MNLI" / name, header, rows)
+    results = _run(tiny_bert, tmp_path / "out", [f"glue_dir={tmp_path / 'glue'}", "tasks=mnli", "trials=1"])
+    assert set(results["tasks"]["mnli"]["median"]) == {"accuracy_matched", "accuracy_mismatched"}
+    assert set(results["glue_numbers"]) == {"MNLI-m", "MNLI-mm"}
+
+
+def test_crammed_model_end_to_end_in_bf16(tiny_crammed, glue_dir, tmp_path):
+    results = _run(tiny_crammed, tmp_path / "out", [f"glue_dir={glue_dir}", "tasks=rte", "trials=1", "precision=bf16",
+                                                    "pad_multiple=16", "bucket_batches=2", "batch_size=8"])
+    trial = json.loads((tmp_path / "out/rte/trial-0.json").read_text())
+    assert trial["precision"] == "bfloat16" and trial["steps"] == 6
+    assert 0 <= results["tasks"]["rte"]["median"]["accuracy"] <= 100
+
+
+def test_cli(tiny_bert, glue_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["glue", "--model", str(tiny_bert), "--tasks", "rte", "--glue-dir", str(glue_dir), "--trials", "1",
+                 "--out", str(out), "--max-train-examples", "32", "--max-eval-examples", "24", "epochs=1",
+                 "device=cpu", "seed=5"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "RTE" in printed and str(out / "results.md") in printed
+    trial = json.loads((out / "rte/trial-0.json").read_text())
+    assert trial["seed"] == 5 and trial["train_examples"] == 32 and trial["eval_examples"] == {"dev": 24}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "rte,sst5"], "unknown GLUE task 'sst5'"),
+    (["--protocol", "sane", "lr=abc"], "lr: expected a number"),
+    (["device=tpu"], "device='tpu' is not a torch device"),
+])
+def test_cli_errors_are_one_line(tiny_bert, glue_dir, tmp_path, capsys, argv, message):
+    code = main(["glue", "--model", str(tiny_bert), "--glue-dir", str(glue_dir), "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+
+
+def test_not_a_model(tmp_path, glue_dir, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    for model, message in [(tmp_path / "empty", "not a model folder (no config.json)"),
+                           (tmp_path / "missing", "no such folder"),
+                           (tmp_path / "broken", "cannot load its tokenizer")]:
+        code = main(["glue", "--model", str(model), "--tasks", "rte", "--glue-dir", str(glue_dir),
+                     "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_model_without_weights_is_a_clear_error(tiny_bert, glue_dir, tmp_path):
+    folder = tmp_path / "no-weights"
+    folder.mkdir()
+    for f in Path(tiny_bert).iterdir():
+        if not f.name.endswith(".safetensors"):
+            (folder / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(CrammerError, match=r"cannot load it for sequence classification"):
+        _run(folder, tmp_path / "out", [f"glue_dir={glue_dir}", "tasks=rte", "trials=1"])
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager(tiny_bert, glue_dir, tmp_path):
+    """`compile=true` (torch.compile, dynamic shapes) trains the same model; ~60 s of compiling on 2 CPU cores."""
+    common = [f"glue_dir={glue_dir}", "tasks=rte", "trials=1", "max_train_examples=32", "max_eval_examples=16",
+              "dropout=0"]
+    eager = _run(tiny_bert, tmp_path / "eager", common)
+    compiled = _run(tiny_bert, tmp_path / "compiled", common + ["compile=true"])
+    loss = lambda d: json.loads((tmp_path / d / "rte/trial-0.json").read_text())["last_epoch_train_loss"]  # noqa: E731
+    assert loss("compiled") == pytest.approx(loss("eager"), rel=1e-3)
+    assert compiled["tasks"]["rte"]["median"] == eager["tasks"]["rte"]["median"]

@@ -1,0 +1,164 @@
+"""`cram run` end to end on CPU: the chain, the report with its images, skipping, resuming after a kill."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crammer.cli import main
+from crammer.report.run import make_run_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _stage_times(run_dir: Path) -> dict[str, float]:
+    stages = json.loads((run_dir / "state.json").read_text())["stages"]
+    return {name: record["finished"] for name, record in stages.items()}
+
+
+@pytest.mark.slow
+def test_chain_end_to_end_then_second_invocation_skips_finished_stages(tmp_path, glue_dir, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--preset", "tiny", "--budget", "8s", "--out", str(out), "--glue-dir", str(glue_dir),
+            "--tasks", "rte,stsb,qnli"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "[pretrain] starting in" in first
+
+    md = (out / "report.md").read_text()
+    for heading in ("## Summary", "## Data", "## Model", "## Pretraining", "## GLUE", "## Reproducibility"):
+        assert heading in md
+    assert "documents kept" in md and "epochs over the prepared corpus" in md
+    assert "training FLOPs/token" in md
+    # GLUE: the local tasks ran, QNLI is not in the local folder and is said to be skipped, with why.
+    assert re.search(r"\| RTE \|", md) and re.search(r"\| STS-B \|", md)
+    assert re.search(r"QNLI.*skipped", md, re.I)
+    assert "1xA6000" in md or "80.7" in md  # reference rows beside our scores
+    # Every image the Markdown links exists; the HTML carries the same images inside itself.
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert {"plots/loss.png", "plots/lr.png", "plots/batch_size.png", "plots/throughput.png"} <= set(images)
+    html = (out / "report.html").read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(embedded) == len(images)
+    assert base64.b64decode(embedded[0]) == (out / images[0]).read_bytes()
+    assert '"budget_seconds": 8.0' in md and "transformers" in md  # exact config and versions
+    assert f"cram run --preset tiny --out {out} --budget 8s --glue-dir {glue_dir} --tasks rte,stsb,qnli" in md
+
+    finished = _stage_times(out)
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert "is up to date" in second and "[pretrain] skipped" in second
+    # Finished GLUE trials are kept; only the unreachable task is tried again.
+    assert "rte: all 1 trials already done" in second and "stsb: all 1 trials already done" in second
+    assert "[glue] qnli: skipped: not in --glue-dir" in second
+    again = _stage_times(out)
+    assert {k: again[k] for k in ("data", "pretrain")} == {k: finished[k] for k in ("data", "pretrain")}
+    assert again["report"] > finished["report"]  # the report is rebuilt from the files
+    md = (out / "report.md").read_text()
+
+    # `cram report` regenerates the report on its own.
+    (out / "report.md").unlink()
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == md
+    assert (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_run_killed_during_pretraining_resumes_from_its_checkpoint(tmp_path, glue_dir):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "crammer", "run", "--preset", "tiny", "--budget", "12s", "--out", str(out),
+           "--glue-dir", str(glue_dir), "--tasks", "rte", "pretrain.checkpoint.every_steps=5"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    checkpoints = out / "pretrain" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not (checkpoints.is_dir() and any(checkpoints.glob("step-*"))):
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: only the periodic checkpoints remain
+    proc.wait()
+    assert not (out / "pretrain" / "final").exists()
+    # The report of a half-finished run says what is there and what is not.
+    assert main(["report", str(out)]) == 0
+    partial = (out / "report.md").read_text()
+    assert "no (pretraining still running or interrupted" in partial and "GLUE evaluation not run yet" in partial
+
+    resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "[pretrain] resuming from the last checkpoint" in resumed.stdout
+    summary = json.loads((out / "pretrain" / "final" / "pretraining.json").read_text())
+    assert summary["elapsed_s"] >= 12.0  # the budget clock continued instead of restarting
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+
+    # Everything is done now: a third invocation skips every stage and only rebuilds the report.
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "is up to date" in again.stdout and "[pretrain] skipped" in again.stdout
+    assert "[glue] skipped: every task is done" in again.stdout
+
+
+def test_a_different_config_in_the_same_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"config": {"preset": "tiny", "pretrain": {"seed": 1}}}))
+    assert main(["run", "--preset", "tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "run.json: this run folder was started with a different config" in err and err.count("\n") == 1
+    assert not (out / "data").exists()  # refused before any work
+
+
+def test_presets_resolve_and_overrides_reach_their_stage(tmp_path):
+    demo = make_run_config("demo", tmp_path)
+    assert demo.data.sources == ("pydoc",) and demo.data.out == str(tmp_path / "data")
+    assert demo.pretrain.budget_seconds == 120.0
+    config = make_run_config("tiny", tmp_path, sources=["a.txt"], budget="30s",
+                             overrides=["data.vocab_size=1000", "pretrain.optim.lr=5e-4", "pretrain.model.num_hidden_layers=1"])
+    assert config.data.sources == ("a.txt",) and config.data.vocab_size == 1000
+    assert config.pretrain.optim.lr == 5e-4 and config.pretrain.model_overrides == ("num_hidden_layers=1",)
+    assert config.pretrain.budget_seconds == 30.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=1", "expected data.KEY=VALUE, pretrain.KEY=VALUE or glue.KEY=VALUE"),
+    ("pretrain.optim.lrr=1", "unknown config key 'optim.lrr'"),
+    ("data.vocab_size=many", "expected an integer"),
+])
+def test_bad_overrides_are_one_line_errors(tmp_path, capsys, override, message):
+    assert main(["run", "--preset", "tiny", "--out", str(tmp_path / "run"), override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_share_the_chain(tmp_path, glue_dir):
+    """`torchrun -m crammer run`: rank 0 prepares the data, both ranks pretrain (gloo DDP), rank 0 reports."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "crammer",
+           "run", "--preset", "tiny", "--budget", "6s", "--out", str(out), "--glue-dir", str(glue_dir),
+           "--tasks", "rte"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "pretrain" / "final" / "pretraining.json").read_text())
+    assert summary["world_size"] == 2
+    assert (out / "glue" / "rte" / "trial-0.json").is_file()
+    assert done.stdout.count("[report]") == 1  # GLUE and the report ran once, on rank 0
+    assert "## GLUE" in (out / "report.md").read_text()
+
+
+def test_report_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"cram: error: {tmp_path / 'nope'}: no such run folder\n"
