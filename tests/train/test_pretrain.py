@@ -1,4 +1,5 @@
 import json
+import types
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from crammer.cli import main
 from crammer.errors import CrammerError
 from crammer.train.config import ScheduleConfig
+from crammer.train import loop
 from crammer.train.loop import Pretrainer, pretrain
 from crammer.train.schedules import lr_multiplier
 from tests.train.conftest import metrics, tiny
@@ -51,14 +53,24 @@ def test_wall_clock_budget_ends_at_the_deadline(corpus, tmp_path):
     assert all(r["lr"] == pytest.approx(2e-3 * triangle(r["progress"])) for r in records)
 
 
-def test_large_steps_are_trimmed_at_the_deadline(corpus, tmp_path):
-    # 64 micro-batches per step from the start: an untrimmed last step would run seconds past the budget.
-    final = pretrain(tiny(["batch.target=512", "batch.ramp=0"], seconds=4.0), corpus, tmp_path / "run")
+def test_large_steps_are_trimmed_at_the_deadline(corpus, tmp_path, monkeypatch):
+    # A clock that advances 50 ms per micro-batch: 64 micro-batches per step from the start make each step
+    # 3.2 s of a 10 s budget, so an untrimmed last step would end up to 3.2 s late.
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
+    trainer = Pretrainer(tiny(["batch.target=512", "batch.ramp=0"], seconds=10.0), corpus, tmp_path / "run")
+    real_step = trainer.train_step
+
+    def slow_step(batches, lr):
+        clock["now"] += 0.05 * len(batches)
+        return real_step(batches, lr)
+
+    trainer.train_step = slow_step
+    final = trainer.run()
     info = json.loads((final / "pretraining.json").read_text())
-    records = metrics(tmp_path / "run")
-    seconds_per_micro_batch = max(r["elapsed_s"] for r in records) / sum(r["accumulation"] for r in records)
-    assert records[-1]["accumulation"] < 64  # the last step was cut to the time left
-    assert 4.0 <= info["elapsed_s"] < 4.0 + 0.5 + 4 * seconds_per_micro_batch
+    accumulations = [r["accumulation"] for r in metrics(tmp_path / "run")]
+    assert accumulations[:3] == [64, 64, 64] and accumulations[-1] < 64  # only the last step was cut
+    assert 10.0 <= info["elapsed_s"] <= 10.0 + 0.05  # ended within one micro-batch of the deadline
 
 
 def test_nan_guard_skips_rolls_back_then_recovers(corpus, tmp_path):
