@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from crammer.config import apply_overrides, config_hash, from_dict, parse_duration, pick_preset, to_dict
+from crammer.config import apply_overrides, config_hash, parse_duration, pick_preset, to_dict
 from crammer.errors import CrammerError
 
 
@@ -57,14 +57,12 @@ def test_bad_overrides_name_the_key(override, message):
         apply_overrides(Outer(), [override])
 
 
-def test_round_trip_and_hash():
+def test_to_dict_and_hash():
     cfg = apply_overrides(Outer(), ["inner.lr=0.5", "tags=x"])
     data = to_dict(cfg)
-    assert from_dict(Outer, data) == cfg
-    assert config_hash(cfg) == config_hash(from_dict(Outer, data)) == config_hash(data)
+    assert data["inner"] == {"lr": 0.5, "betas": [0.9, 0.98], "steps": 10} and data["tags"] == ["x"]
+    assert config_hash(cfg) == config_hash(data) == config_hash(apply_overrides(Outer(), ["tags=x", "inner.lr=0.5"]))
     assert config_hash(cfg) != config_hash(Outer())
-    with pytest.raises(CrammerError, match="unknown config keys"):
-        from_dict(Outer, {**data, "extra": 1})
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1.5h", 5400), ("24h", 86400),

@@ -123,25 +123,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild a (nested) dataclass from `to_dict` output; unknown keys are an error."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise CrammerError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
-    kwargs = {}
-    for key, value in data.items():
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            kwargs[key] = from_dict(tp, value)
-        elif get_origin(tp) is tuple and isinstance(value, list):
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
-
-
 def config_hash(cfg: Any) -> str:
     """A short stable hash of a config (dataclass or dict), for caches and run identity."""
     data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg

@@ -1,7 +1,7 @@
 """Fine-tune one model on one task for one seed, then score it on the dev split(s).
 
 Any Hugging Face encoder with a sequence-classification head works: the model is loaded through
-`AutoModelForSequenceClassification` (after `import crammer.model`, which registers crammed BERT), with
+`AutoModelForSequenceClassification` (`import crammer` registers crammed BERT with it), with
 a new head sized for the task. Batches are bucketed by length and padded only to a multiple of
 `pad_multiple`, so short GLUE sentences do not pay for 128-token padding.
 """
@@ -25,12 +25,6 @@ from crammer.eval.tasks import GlueTask, Split
 # Config fields that hold dropout probabilities across common encoders (BERT, crammed BERT, DistilBERT, ...).
 DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
                   "attention_dropout", "seq_classif_dropout")
-
-
-def _register_crammed_bert() -> None:
-    """Make our own checkpoints loadable by the Auto classes (a no-op if the model package is absent)."""
-    with contextlib.suppress(ImportError):
-        import crammer.model  # noqa: F401
 
 
 def check_model_source(model: str) -> None:
@@ -57,7 +51,6 @@ def load_classifier(model: str, task: GlueTask, dropout: float) -> torch.nn.Modu
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    _register_crammed_bert()
     check_model_source(model)
     try:
         config = AutoConfig.from_pretrained(model)
