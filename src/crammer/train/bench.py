@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from crammer.data.tokenizer import SPECIAL_TOKENS
 from crammer.errors import CrammerError
 from crammer.model import config_from_hf_bert, count_parameters, training_flops_per_token
 from crammer.train.config import OptimConfig, make_pretrain_config
@@ -37,7 +38,8 @@ from crammer.train.step import (
     resolve_precision,
 )
 
-SPECIAL_TOKENS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}  # the layout `cram data prepare` writes
+# A tokenizer trained by `cram data prepare` numbers its special tokens first, in this order.
+SPECIAL_TOKEN_IDS = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
@@ -155,7 +157,7 @@ def run_bench(args: argparse.Namespace) -> list[BenchResult]:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_limit_gb * 2**30 / total), device)
 
-    collator = MLMCollator(cfg.masking, args.vocab_size, SPECIAL_TOKENS)
+    collator = MLMCollator(cfg.masking, args.vocab_size, SPECIAL_TOKEN_IDS)
     model, optimizer = build_model_and_optimizer(cfg, args.vocab_size, device)
     if model.config.max_position_embeddings < seq_len:
         raise CrammerError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings")
