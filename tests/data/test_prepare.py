@@ -110,19 +110,6 @@ def test_same_config_is_byte_identical_for_any_worker_count(shared_data, tokeniz
         assert manifest(other)["counts"] == ref["counts"]
 
 
-def test_trained_vocabulary_ids_are_canonical(tmp_path):
-    """The trainer numbers tokens in hash-map order; we renumber: specials, characters, then pieces."""
-    out = prepare(DataConfig(sources=("pydoc::max_docs=10",), out=str(tmp_path / "d"), vocab_size=500, seq_len=16,
-                             filter_ratio=0.0),
-                  progress=False)
-    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
-    tokens = sorted(vocab, key=vocab.get)
-    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    rest = tokens[5:]
-    key = lambda t: (len(t.removeprefix("##")) > 1, t.startswith("##"), t)  # noqa: E731
-    assert rest == sorted(rest, key=key) and len(rest[0]) == 1
-
-
 def test_cache_reuse_and_invalidation(tokenizer, wiki_sample, tmp_path, monkeypatch):
     cfg = DataConfig(sources=(str(wiki_sample) + "::max_docs=20",), out=str(tmp_path / "d"),
                      tokenizer=str(tokenizer_path(tokenizer, tmp_path)), seq_len=64)

@@ -15,7 +15,7 @@ from crammer.data.tokenizer import build_normalizer, save_for_transformers, trai
 def tokenizer_dir(wiki_sample: Path, tmp_path_factory) -> Path:
     """A 1000-token WordPiece trained on ~300 KB of the Wikipedia sample."""
     lines = wiki_sample.read_text(encoding="utf-8")[:300_000].splitlines()
-    tok = train_wordpiece([line for line in lines if line.strip()], 1000,
+    tok = train_wordpiece(lambda: [line for line in lines if line.strip()], 1000,
                           build_normalizer(lowercase=True, strip_accents=True, ascii_only=False), show_progress=False)
     out = tmp_path_factory.mktemp("tokenizer")
     save_for_transformers(tok, out, seq_len=128)

@@ -292,8 +292,8 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
     else:
-        stats = src.ReadStats()
-        tok = train_wordpiece(documents(stats), cfg.vocab_size,
+        stats = src.ReadStats()  # counts both of the trainer's passes: only its zero is used
+        tok = train_wordpiece(lambda: documents(stats), cfg.vocab_size,
                               build_normalizer(cfg.lowercase, cfg.strip_accents, cfg.ascii_only), progress)
         if stats.documents_read == 0:
             raise CrammerError(f"{', '.join(cfg.sources)}: empty corpus (no documents with text)")

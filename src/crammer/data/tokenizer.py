@@ -8,9 +8,10 @@ the corpus was prepared.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tqdm import tqdm
 
 from crammer.errors import CrammerError
 
@@ -30,36 +31,48 @@ def build_normalizer(lowercase: bool, strip_accents: bool, ascii_only: bool) -> 
 
 
 def train_wordpiece(
-    texts: Iterable[str], vocab_size: int, normalizer: normalizers.Normalizer, show_progress: bool
+    corpus: Callable[[], Iterable[str]], vocab_size: int, normalizer: normalizers.Normalizer, show_progress: bool
 ) -> Tokenizer:
-    """Train a BERT-style WordPiece tokenizer; a small corpus may give fewer than `vocab_size` tokens."""
-    tok = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"], max_input_chars_per_word=100))
-    tok.normalizer = normalizer
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS.values()),
-        continuing_subword_prefix="##",
-        show_progress=show_progress,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return _canonical_ids(tok)
+    """Train a BERT-style WordPiece tokenizer; a small corpus may give fewer than `vocab_size` tokens.
 
-
-def _canonical_ids(tok: Tokenizer) -> Tokenizer:
-    """Renumber the vocabulary deterministically.
-
-    The trainer's token *set* is reproducible but its ids follow Rust hash-map order, which changes
-    from process to process; WordPiece encoding depends only on the set, so sorting (special tokens
-    first, then single characters, then longer pieces) makes the same corpus give the same ids.
+    The same corpus always gives the same tokenizer, which `tokenizers`' trainer alone does not
+    (huggingface/tokenizers#1794): it numbers the word-continuing pieces (`##e`) in hash-map order as
+    it meets them, and those ids break ties between equally frequent merges, so two runs can learn
+    different pieces. Hence `corpus` is read twice: a quick pass for the characters, so that all those
+    pieces can be handed to the trainer up front in code-point order, then the training pass.
     """
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    characters: set[str] = set()
+    for text in tqdm(corpus(), desc="data: alphabet", unit=" docs", disable=not show_progress, dynamic_ncols=True):
+        characters.update(text)
+    pieces = continuing_pieces(characters, normalizer, pre_tokenizer)
     specials = list(SPECIAL_TOKENS.values())
-    rest = sorted((t for t in tok.get_vocab() if t not in specials),
-                  key=lambda t: (len(t.removeprefix("##")) > 1, t.startswith("##"), t))
-    vocab = {token: i for i, token in enumerate(specials + rest)}
-    tok.model = models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix="##",
-                                 max_input_chars_per_word=100)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials + pieces,
+                                        continuing_subword_prefix="##", show_progress=show_progress)
+    tok = _wordpiece(None, normalizer, pre_tokenizer)
+    tok.train_from_iterator(corpus(), trainer=trainer)
+    # The trainer registered the pieces as special tokens (unsplittable, dropped when decoding);
+    # rebuild from its vocabulary so they are ordinary WordPiece entries again.
+    tok = _wordpiece(tok.get_vocab(with_added_tokens=False), normalizer, pre_tokenizer)
+    tok.add_special_tokens(specials)
+    return tok
+
+
+def continuing_pieces(characters: Iterable[str], normalizer: normalizers.Normalizer,
+                      pre_tokenizer: pre_tokenizers.PreTokenizer) -> list[str]:
+    """`##c` for each character c that can follow another inside a word once normalized."""
+    normalized = set(normalizer.normalize_str("".join(set(characters))))  # our normalizers work per character
+    inside = [c for c in normalized if len(pre_tokenizer.pre_tokenize_str(f"a{c}a")) == 1]
+    return [f"##{c}" for c in sorted(inside)]
+
+
+def _wordpiece(vocab: dict[str, int] | None, normalizer: normalizers.Normalizer,
+               pre_tokenizer: pre_tokenizers.PreTokenizer) -> Tokenizer:
+    tok = Tokenizer(models.WordPiece(vocab, unk_token=SPECIAL_TOKENS["unk"], continuing_subword_prefix="##",
+                                     max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece(prefix="##")
     return tok
 
 
