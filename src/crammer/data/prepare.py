@@ -1,8 +1,9 @@
 """`cram data prepare`: raw text -> WordPiece tokenizer -> filtered, deduplicated, packed, ordered shards.
 
 The pipeline streams, so memory stays flat in corpus size:
-1. (unless a tokenizer is given) train WordPiece on one pass over the documents;
-2. a second pass reads documents in chunks; `workers` threads tokenize each chunk with the Rust
+1. (unless a tokenizer is given) train WordPiece: a quick pass for the characters, then one to train
+   (see `train_wordpiece`: this is what makes the tokenizer reproducible);
+2. the packing pass reads documents in chunks; `workers` threads tokenize each chunk with the Rust
    backend (`encode_batch_fast`), apply the compression filter and return one numpy array of token
    ids with `[SEP]` after each kept document; the main thread deduplicates (first copy wins),
    cuts the stream into `seq_len` blocks and writes staging shards as they fill;
