@@ -170,6 +170,8 @@ def test_bad_tokenizer_and_config_values(tmp_path):
         prepare(DataConfig(out=str(tmp_path / "o"), tokenizer=str(tmp_path / "missing.json")), progress=False)
     with pytest.raises(CrammerError, match="seq_len: must be >= 2"):
         prepare(DataConfig(out=str(tmp_path / "o"), seq_len=1), progress=False)
+    with pytest.raises(CrammerError, match="workers: must be >= 1"):
+        prepare(DataConfig(out=str(tmp_path / "o"), workers=0), progress=False)
 
 
 def test_cli_prepare_and_inspect(tmp_path, capsys):

@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     p.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer (folder or tokenizer.json)")
     p.add_argument("--text-field", help="JSON/parquet field holding the text (text)")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip and count bad records")
-    p.add_argument("--workers", type=int, help=f"tokenizer threads (default 1; this machine has {os.cpu_count()} CPUs)")
+    p.add_argument("--workers", type=int, help=f"tokenizer threads (default: one per CPU, {os.cpu_count()} here)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="set any DataConfig field")
     p.set_defaults(func=_prepare)

@@ -65,7 +65,7 @@ class DataConfig:
     ascii_only: bool = False
     skip_bad: bool = False  # skip and count bad records instead of failing
     shard_sequences: int = 65536  # blocks per shard file
-    workers: int = 1
+    workers: int | None = None  # tokenizer threads; None = one per CPU
 
     def recipe_hash(self) -> str:
         """Hash of the fields that determine the output bytes: the cache key."""
@@ -89,7 +89,7 @@ def validate(cfg: DataConfig) -> None:
     if not cfg.sources:
         raise CrammerError("data: no --source given")
     for name, value, low in (("vocab_size", cfg.vocab_size, 16), ("seq_len", cfg.seq_len, 2),
-                             ("shard_sequences", cfg.shard_sequences, 1), ("workers", cfg.workers, 1)):
+                             ("shard_sequences", cfg.shard_sequences, 1), ("workers", 1 if cfg.workers is None else cfg.workers, 1)):
         if value < low:
             raise CrammerError(f"data.{name}: must be >= {low}, got {value}")
     if cfg.filter_ratio < 0:
@@ -332,7 +332,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="data: packing", disable=not progress,
                    dynamic_ncols=True)
         encode = ChunkEncoder(tok, cfg.filter_ratio, special["sep"], cfg.dedup, dtype)
-        for chunk in _encode_all(_chunks(documents(stats)), cfg.workers, encode):
+        for chunk in _encode_all(_chunks(documents(stats)), cfg.workers or os.cpu_count() or 1, encode):
             tokens = chunk.tokens
             if cfg.dedup:
                 fresh = np.empty(len(chunk.doc_hashes), dtype=bool)
