@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,6 +25,7 @@ from torch import nn
 
 from crammer.data.tokenizer import SPECIAL_TOKENS
 from crammer.errors import CrammerError
+from crammer.io import atomic_path
 from crammer.model import config_from_hf_bert, count_parameters, training_flops_per_token
 from crammer.train.config import OptimConfig, make_pretrain_config
 from crammer.train.masking import MaskedBatch, MLMCollator
@@ -95,11 +98,16 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _step_groups(batches: list[MaskedBatch], accumulate: int, steps: int) -> list[list[MaskedBatch]]:
+    """The micro-batches of `steps` optimizer steps, cycling through `batches`."""
+    groups = [batches[(i * accumulate) % len(batches):][:accumulate] for i in range(steps)]
+    return [g if len(g) == accumulate else batches[:accumulate] for g in groups]
+
+
 def time_steps(step: Callable[[list[MaskedBatch]], torch.Tensor], batches: list[MaskedBatch], accumulate: int,
                warmup: int, steps: int, device: torch.device) -> tuple[float, float]:
     """(seconds of the warm-up steps, median seconds per timed optimizer step)."""
-    groups = [batches[(i * accumulate) % len(batches):][:accumulate] for i in range(warmup + steps)]
-    groups = [g if len(g) == accumulate else batches[:accumulate] for g in groups]
+    groups = _step_groups(batches, accumulate, warmup + steps)
     start = time.perf_counter()
     for group in groups[:warmup]:
         loss = step(group)
@@ -115,6 +123,23 @@ def time_steps(step: Callable[[list[MaskedBatch]], torch.Tensor], batches: list[
         times.append(time.perf_counter() - start)
     times.sort()
     return warmup_seconds, times[len(times) // 2]
+
+
+def profile_steps(step: Callable[[list[MaskedBatch]], torch.Tensor], batches: list[MaskedBatch], accumulate: int,
+                  steps: int, device: torch.device, trace: Path, row_limit: int = 15) -> str:
+    """Run `steps` more (warm) optimizer steps under `torch.profiler`: write a Chrome/Perfetto trace and
+    return the operators that take the most time of their own, which is where a kernel is worth fusing."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for group in _step_groups(batches, accumulate, steps):
+            step(group)
+        _synchronize(device)
+    with atomic_path(trace) as tmp:
+        prof.export_chrome_trace(str(tmp))
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
 
 
 def _maybe_compile(model: nn.Module, mode: str) -> nn.Module:
@@ -141,7 +166,8 @@ def hf_bert_baseline(config, seq_len: int, device: torch.device):
     return model, flops
 
 
-def run_bench(args: argparse.Namespace) -> list[BenchResult]:
+def run_bench(args: argparse.Namespace) -> tuple[list[BenchResult], list[str]]:
+    """The table's rows, and with `--profile` one top-operators table per row."""
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -162,7 +188,7 @@ def run_bench(args: argparse.Namespace) -> list[BenchResult]:
     if model.config.max_position_embeddings < seq_len:
         raise CrammerError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings")
     micro_batches = _resolve_micro_batches(args, cfg, model, collator, precision, device)
-    results = []
+    results, profiles = [], []
 
     def measure(name, model, optimizer, flops, optim_cfg, micro_batch):
         step = TrainStep(_maybe_compile(model, compile_mode), optimizer, optim_cfg, precision, device)
@@ -172,6 +198,10 @@ def run_bench(args: argparse.Namespace) -> list[BenchResult]:
         warm, step_s = time_steps(lambda g: step(g, optim_cfg.lr).loss, batches, args.accumulate,
                                   args.warmup, args.steps, device)
         tps = micro_batch * args.accumulate * seq_len / step_s
+        if args.profile:
+            trace = Path(args.profile) / f"{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-')}-mb{micro_batch}.json"
+            table = profile_steps(lambda g: step(g, optim_cfg.lr).loss, batches, args.accumulate, 3, device, trace)
+            profiles.append(f"profile of {name}, micro-batch {micro_batch} (trace: {trace}):\n{table}")
         results.append(BenchResult(
             name=name, micro_batch=micro_batch, accumulate=args.accumulate, params=count_parameters(model),
             flops_per_token=flops, compile_seconds=warm, step_seconds=step_s, tokens_per_second=tps,
@@ -192,7 +222,7 @@ def run_bench(args: argparse.Namespace) -> list[BenchResult]:
         optim_cfg = dataclasses.replace(cfg.optim, fused=cfg.optim.fused and device.type == "cuda")
         measure(f"HF BertForMaskedLM ({compile_mode})", hf_model, build_optimizer(hf_model, optim_cfg),
                 hf_flops, optim_cfg, micro_batches[0])
-    return results
+    return results, profiles
 
 
 def _resolve_micro_batches(args, cfg, model, collator, precision, device) -> list[int]:
@@ -216,7 +246,7 @@ def _resolve_micro_batches(args, cfg, model, collator, precision, device) -> lis
 
 
 def main(args: argparse.Namespace) -> int:
-    results = run_bench(args)
+    results, profiles = run_bench(args)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak = peak_flops(device, args.peak_tflops)
@@ -228,6 +258,8 @@ def main(args: argparse.Namespace) -> int:
         ours, theirs = results[0], results[-1]
         print(f"ratio (crammer / HF): tokens/s {ours.tokens_per_second / theirs.tokens_per_second:.2f}x"
               + (f", MFU {ours.mfu / theirs.mfu:.2f}x" if ours.mfu and theirs.mfu else ""))
+    for profile in profiles:
+        print(f"\n{profile}")
     return 0
 
 
@@ -247,5 +279,7 @@ def register(subparsers) -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (default: built-in table)")
     p.add_argument("--memory-limit-gb", type=float, default=None,
                    help="cap this process's GPU memory, e.g. 8 to size for an 8 GB card")
+    p.add_argument("--profile", metavar="DIR", default=None,
+                   help="also profile 3 steps per row: a trace per row in DIR and a table of the costliest operators")
     p.add_argument("overrides", nargs="*", help="pretrain config overrides key=value (model.X=... for the model)")
     p.set_defaults(func=main)
