@@ -172,6 +172,8 @@ def test_bad_tokenizer_and_config_values(tmp_path):
         prepare(DataConfig(out=str(tmp_path / "o"), seq_len=1), progress=False)
     with pytest.raises(CrammerError, match="workers: must be >= 1"):
         prepare(DataConfig(out=str(tmp_path / "o"), workers=0), progress=False)
+    with pytest.raises(CrammerError, match="tokenizer_docs: must be >= 1"):
+        prepare(DataConfig(out=str(tmp_path / "o"), tokenizer_docs=0), progress=False)
 
 
 def test_cli_prepare_and_inspect(tmp_path, capsys):

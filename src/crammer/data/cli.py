@@ -15,7 +15,7 @@ from crammer.errors import CrammerError
 _FLAGS = {
     "out": "out", "vocab_size": "vocab_size", "seq_len": "seq_len", "filter_ratio": "filter_ratio",
     "order": "order", "max_docs": "max_docs", "seed": "seed", "tokenizer": "tokenizer",
-    "text_field": "text_field", "workers": "workers",
+    "text_field": "text_field", "workers": "workers", "tokenizer_docs": "tokenizer_docs",
 }
 
 
@@ -46,6 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-docs", type=int, help="read at most N documents over all sources")
     p.add_argument("--seed", type=int, help="seed of the random order (0)")
     p.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer (folder or tokenizer.json)")
+    p.add_argument("--tokenizer-docs", type=int, metavar="N", help="train the tokenizer on the first N documents (all)")
     p.add_argument("--text-field", help="JSON/parquet field holding the text (text)")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip and count bad records")
     p.add_argument("--workers", type=int, help=f"tokenizer threads (default: one per CPU, {os.cpu_count()} here)")

@@ -59,6 +59,7 @@ class DataConfig:
     max_docs: int | None = None  # cap on documents read over all sources
     seed: int = 0
     tokenizer: str | None = None  # reuse this tokenizer instead of training one
+    tokenizer_docs: int | None = None  # train the tokenizer on the first N documents only (None: all)
     text_field: str = "text"
     lowercase: bool = True  # normalization of a trained tokenizer (a given one keeps its own)
     strip_accents: bool = True
@@ -89,8 +90,9 @@ def validate(cfg: DataConfig) -> None:
     if not cfg.sources:
         raise CrammerError("data: no --source given")
     for name, value, low in (("vocab_size", cfg.vocab_size, 16), ("seq_len", cfg.seq_len, 2),
-                             ("shard_sequences", cfg.shard_sequences, 1), ("workers", 1 if cfg.workers is None else cfg.workers, 1)):
-        if value < low:
+                             ("shard_sequences", cfg.shard_sequences, 1), ("workers", cfg.workers, 1),
+                             ("tokenizer_docs", cfg.tokenizer_docs, 1)):
+        if value is not None and value < low:  # None: the default (one per CPU, all documents)
             raise CrammerError(f"data.{name}: must be >= {low}, got {value}")
     if cfg.filter_ratio < 0:
         raise CrammerError(f"data.filter_ratio: must be >= 0, got {cfg.filter_ratio}")
@@ -312,7 +314,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
         tok = load_tokenizer(cfg.tokenizer)
     else:
         stats = src.ReadStats()  # counts both of the trainer's passes: only its zero is used
-        tok = train_wordpiece(lambda: documents(stats), cfg.vocab_size,
+        tok = train_wordpiece(lambda: itertools.islice(documents(stats), cfg.tokenizer_docs), cfg.vocab_size,
                               build_normalizer(cfg.lowercase, cfg.strip_accents, cfg.ascii_only), progress)
         if stats.documents_read == 0:
             raise CrammerError(f"{', '.join(cfg.sources)}: empty corpus (no documents with text)")
