@@ -57,6 +57,29 @@ def test_bfloat16_model_runs_and_loss_is_float32():
     assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
 
 
+def test_residual_stream_stays_in_the_autocast_dtype():
+    """Under autocast the blocks pass bf16 between them (half the bytes), and the result stays close to fp32."""
+    model = CrammedBertForMaskedLM(tiny()).eval()
+    ids = batch()
+    seen = []
+    model.bert.layers[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.bert.encode(ids)
+    assert seen == [torch.bfloat16] and low.dtype == torch.bfloat16
+    full = model.bert.encode(ids)
+    assert full.dtype == torch.float32 and seen[1:] == [torch.float32]
+    assert (low.float() - full).norm() / full.norm() < 2e-2
+
+
+def test_glu_uses_value_then_gate_halves_of_one_weight():
+    """The split products must compute act(x W_gate) * (x W_value) with W = [W_value; W_gate], as stored."""
+    ffn = CrammedBertForMaskedLM(tiny()).bert.layers[0].ffn
+    x = torch.randn(4, 128)
+    value, gate = F.linear(x, ffn.up.weight).chunk(2, dim=-1)
+    expected = F.linear(F.gelu(gate) * value, ffn.down.weight)
+    torch.testing.assert_close(ffn(x), expected)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_sparse_loss_equals_dense_loss_on_masked_positions(arch):
     model = CrammedBertForMaskedLM(tiny(*ARCHITECTURES[arch])).eval()

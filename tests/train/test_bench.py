@@ -74,6 +74,10 @@ def test_time_steps_reports_warmup_and_median():
     (["--micro-batch", "big"], "--micro-batch must be 'auto' or numbers"),
     (["--micro-batch", "0"], "--micro-batch values must be positive"),
     (["--seq-len", "4096", "--micro-batch", "2"], "exceeds the model's max_position_embeddings"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--warmup", "0"], "--warmup must be at least 1"),
+    (["--accumulate", "0"], "--accumulate must be at least 1"),
+    (["--device", "gpu0"], "--device='gpu0' is not a torch device"),
 ])
 def test_bad_arguments_are_one_line_errors(args, message, capsys):
     assert main([*TINY, *args]) == 2
@@ -84,4 +88,16 @@ def test_bad_arguments_are_one_line_errors(args, message, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
 def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     assert main(["bench", "--preset", "tiny", "--device", "cuda"]) == 2
-    assert "no CUDA GPU is visible" in capsys.readouterr().err
+    assert "--device=cuda but CUDA is not available" in capsys.readouterr().err
+
+
+def test_compile_setting_of_the_preset_is_honoured(monkeypatch, capsys):
+    """Without --compile the bench follows the recipe's `compile` key, like `cram pretrain` does."""
+    import crammer.train.bench as bench
+
+    modes = []
+    monkeypatch.setattr(bench, "_maybe_compile", lambda model, mode: modes.append(mode) or model)
+    assert main([*TINY, "--micro-batch", "2", "--compare", "none", "compile=true"]) == 0
+    assert main([*TINY, "--micro-batch", "2", "--compare", "none"]) == 0
+    assert modes == ["default", "none"]  # on CPU the unset key means: no compile
+    assert "crammer tiny (default)" in capsys.readouterr().out

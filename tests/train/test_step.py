@@ -6,7 +6,14 @@ import torch
 
 from crammer.train.config import MaskingConfig, OptimConfig
 from crammer.train.masking import MLMCollator
-from crammer.train.step import TrainStep, build_model_and_optimizer, even_micro_batch, largest_fitting, parameter_groups
+from crammer.train.step import (
+    TrainStep,
+    build_model_and_optimizer,
+    even_micro_batch,
+    largest_fitting,
+    parameter_groups,
+    should_compile,
+)
 from tests.train.conftest import tiny
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
@@ -119,3 +126,8 @@ def test_even_micro_batch_keeps_steps_and_avoids_overshoot(fitting, target, expe
     assert size == expected
     assert size <= fitting
     assert -(-target // size) == -(-target // min(fitting, target))  # same number of accumulation steps
+
+
+def test_compile_defaults_to_cuda_only():
+    assert should_compile(None, torch.device("cuda")) and not should_compile(None, torch.device("cpu"))
+    assert should_compile(True, torch.device("cpu")) and not should_compile(False, torch.device("cuda"))

@@ -144,15 +144,16 @@ def collate(data: Encoded, indices: list[int], pad_id: int, pad_multiple: int, r
     return batch
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "glue config: device") -> torch.device:
+    """A torch device from a user's setting ('auto' = CUDA when available), or an error naming the setting."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise CrammerError(f"glue config: device={name!r} is not a torch device (auto, cpu, cuda, cuda:1)") from None
+        raise CrammerError(f"{setting}={name!r} is not a torch device (auto, cpu, cuda, cuda:1)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CrammerError(f"glue config: device={name} but CUDA is not available")
+        raise CrammerError(f"{setting}={name} but CUDA is not available")
     return device
 
 

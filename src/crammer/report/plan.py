@@ -179,11 +179,11 @@ def measure_plan(cfg: PretrainConfig, corpus: PackedCorpus, preset: str, budget_
     from crammer.train.schedules import accumulation_steps
     from crammer.train.step import (
         TrainStep,
+        auto_micro_batch,
         build_model_and_optimizer,
         configure_backends,
-        cuda_memory_probe,
-        largest_fitting,
         resolve_precision,
+        should_compile,
     )
 
     started = time.monotonic()
@@ -197,9 +197,9 @@ def measure_plan(cfg: PretrainConfig, corpus: PackedCorpus, preset: str, budget_
         if device.type != "cuda":
             raise CrammerError("pretrain batch.micro_batch must be set to plan without a GPU "
                                "(e.g. batch.micro_batch=16); auto-sizing needs CUDA")
-        fits = cuda_memory_probe(model, collator, corpus.seq_len, precision, cfg.batch.memory_fraction)
-        micro_batch = largest_fitting(fits, limit=cfg.batch.target)
-    if cfg.compile if cfg.compile is not None else device.type == "cuda":
+        micro_batch = auto_micro_batch(model, collator, corpus.seq_len, precision, cfg.batch.memory_fraction,
+                                       cfg.batch.target)
+    if should_compile(cfg.compile, device):
         model.compile()
     step = TrainStep(model, optimizer, cfg.optim, precision, device)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -25,6 +25,7 @@ from torch import nn
 
 from crammer.data.tokenizer import SPECIAL_TOKENS
 from crammer.errors import CrammerError
+from crammer.eval.finetune import resolve_device
 from crammer.io import atomic_path
 from crammer.model import config_from_hf_bert, count_parameters, training_flops_per_token
 from crammer.train.config import OptimConfig, make_pretrain_config
@@ -32,13 +33,12 @@ from crammer.train.masking import MaskedBatch, MLMCollator
 from crammer.train.metrics import peak_flops
 from crammer.train.step import (
     TrainStep,
+    auto_micro_batch,
     build_model_and_optimizer,
     build_optimizer,
     configure_backends,
-    cuda_memory_probe,
-    even_micro_batch,
-    largest_fitting,
     resolve_precision,
+    should_compile,
 )
 
 # A tokenizer trained by `cram data prepare` numbers its special tokens first, in this order.
@@ -168,15 +168,16 @@ def hf_bert_baseline(config, seq_len: int, device: torch.device):
 
 def run_bench(args: argparse.Namespace) -> tuple[list[BenchResult], list[str]]:
     """The table's rows, and with `--profile` one top-operators table per row."""
-    device = torch.device(args.device)
+    for flag in ("steps", "warmup", "accumulate"):
+        if getattr(args, flag) < 1:
+            raise CrammerError(f"--{flag} must be at least 1; got {getattr(args, flag)}")
+    device = resolve_device(args.device, "--device")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CrammerError("--device cuda: no CUDA GPU is visible")
         device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
     cfg = make_pretrain_config(args.preset, args.overrides)
     configure_backends(cfg.tf32)
     precision = resolve_precision(args.precision or cfg.precision, device)
-    compile_mode = args.compile or ("default" if device.type == "cuda" else "none")
+    compile_mode = args.compile or ("default" if should_compile(cfg.compile, device) else "none")
     seq_len = args.seq_len
     peak = peak_flops(device, args.peak_tflops)
     if args.memory_limit_gb and device.type == "cuda":
@@ -241,13 +242,12 @@ def _resolve_micro_batches(args, cfg, model, collator, precision, device) -> lis
     if args.memory_limit_gb:  # size against the cap, not the whole card
         total = torch.cuda.get_device_properties(device).total_memory
         fraction *= min(1.0, args.memory_limit_gb * 2**30 / total)
-    fits = cuda_memory_probe(model, collator, args.seq_len, precision, fraction)
-    return [even_micro_batch(largest_fitting(fits, limit=cfg.batch.target), cfg.batch.target)]
+    return [auto_micro_batch(model, collator, args.seq_len, precision, fraction, cfg.batch.target)]
 
 
 def main(args: argparse.Namespace) -> int:
     results, profiles = run_bench(args)
-    device = torch.device(args.device)
+    device = resolve_device(args.device, "--device")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak = peak_flops(device, args.peak_tflops)
     print(f"device: {name}; torch {torch.__version__}; seq_len {args.seq_len}; "

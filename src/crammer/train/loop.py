@@ -40,12 +40,11 @@ from crammer.train.metrics import GpuMonitor, MetricsLog, peak_flops, status_lin
 from crammer.train.schedules import accumulation_steps, lr_multiplier
 from crammer.train.step import (
     TrainStep,
+    auto_micro_batch,
     build_model_and_optimizer,
     configure_backends,
-    cuda_memory_probe,
-    even_micro_batch,
-    largest_fitting,
     resolve_precision,
+    should_compile,
 )
 
 CONFIG_FILE = "pretrain_config.json"
@@ -164,7 +163,7 @@ class Pretrainer:
             self.micro_batch = self._choose_micro_batch()
 
         self.train_model: torch.nn.Module = self.model
-        if cfg.compile if cfg.compile is not None else self.device.type == "cuda":
+        if should_compile(cfg.compile, self.device):
             self.model.compile()  # in place: parameter names and state_dict keys stay unchanged
         if self.dist.world_size > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
@@ -216,10 +215,9 @@ class Pretrainer:
             return self.cfg.batch.micro_batch
         if self.device.type != "cuda":
             raise CrammerError("batch.micro_batch must be set when training without a GPU (auto-sizing needs CUDA)")
-        fits = cuda_memory_probe(self.model, self.collator, self.corpus.seq_len, self.precision,
-                                 self.cfg.batch.memory_fraction)
         target = max(1, self.cfg.batch.target // self.dist.world_size)
-        micro_batch = even_micro_batch(largest_fitting(fits, limit=target), target)
+        micro_batch = auto_micro_batch(self.model, self.collator, self.corpus.seq_len, self.precision,
+                                       self.cfg.batch.memory_fraction, target)
         if self.dist.world_size > 1:  # every rank must use the same size: take the smallest
             size = torch.tensor([micro_batch], device=self.device)
             dist.all_reduce(size, op=dist.ReduceOp.MIN)

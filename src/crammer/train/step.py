@@ -169,6 +169,19 @@ def even_micro_batch(fitting: int, target: int, multiple: int = 8) -> int:
     return min(fitting, math.ceil(size / multiple) * multiple) if size >= multiple else size
 
 
+def auto_micro_batch(model: nn.Module, collator: MLMCollator, seq_len: int, precision: str,
+                     memory_fraction: float, target: int) -> int:
+    """The micro-batch used when none is set: the largest that fits under `memory_fraction` of the GPU,
+    then evened so that accumulation reaches `target` sequences exactly."""
+    fits = cuda_memory_probe(model, collator, seq_len, precision, memory_fraction)
+    return even_micro_batch(largest_fitting(fits, limit=target), target)
+
+
+def should_compile(setting: bool | None, device: torch.device) -> bool:
+    """`compile=None` means: compile on CUDA (where it pays for itself within minutes), not on CPU."""
+    return setting if setting is not None else device.type == "cuda"
+
+
 def cuda_memory_probe(
     model: nn.Module, collator: MLMCollator, seq_len: int, precision: str, memory_fraction: float
 ) -> Callable[[int], bool]:
