@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,22 @@ def test_atomic_dir_swaps_whole_folder(tmp_path):
         (tmp / "c").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["c"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
+def test_atomic_dir_flushes_every_file_before_the_rename(tmp_path, monkeypatch):
+    """Files written inside by other libraries (safetensors, numpy) must reach the disk before the swap."""
+    import crammer.io as io
+
+    synced, renamed = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(io.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    monkeypatch.setattr(io.os, "replace", lambda a, b: renamed.append(len(synced)) or real_replace(a, b))
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "weights.bin").write_bytes(b"x" * 10)
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "shard.npy").write_bytes(b"y")
+    names = [Path(s).name for s in synced[:renamed[0]]]
+    assert "weights.bin" in names and "shard.npy" in names and "sub" in names
 
 
 def test_read_json_errors_name_the_file(tmp_path):

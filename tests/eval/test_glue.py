@@ -57,8 +57,10 @@ def test_results_files_and_resume(tiny_bert, glue_dir, tmp_path):
     _run(tiny_bert, out, [f"glue_dir={glue_dir}", "tasks=cola", "trials=3"], logs)
     assert logs == ["cola: all 3 trials already done"]
 
+    config_before = (out / "config.json").read_bytes()
     with pytest.raises(CrammerError, match=r"trial-0.json: made with another model or recipe"):
         _run(tiny_bert, out, [f"glue_dir={glue_dir}", "tasks=cola", "lr=1e-3"])
+    assert (out / "config.json").read_bytes() == config_before  # the refused run changed nothing
 
 
 def test_finetuning_learns_an_easy_task(tiny_bert, tmp_path):

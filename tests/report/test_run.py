@@ -162,3 +162,19 @@ def test_report_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err == f"cram: error: {tmp_path / 'nope'}: no such run folder\n"
+
+
+def test_an_interrupted_run_says_to_rerun_the_same_command(tmp_path, monkeypatch, capsys):
+    """SIGTERM during pretraining: exit 128+signum, and the hint is the `cram run` command (it resumes by itself)."""
+    import crammer.report.run as run_module
+    from crammer.train.loop import TrainingInterrupted
+
+    def interrupted(config, out, command):
+        raise TrainingInterrupted("stopped by SIGTERM at step 7; checkpoint c; continue with --resume", signal.SIGTERM)
+
+    monkeypatch.setattr(run_module, "run", interrupted)
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "tiny", "--out", str(out), "--budget", "30s"]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM" in err and "--resume" not in err
+    assert f"Run the same command again to continue: cram run --preset tiny --out {out} --budget 30s" in err

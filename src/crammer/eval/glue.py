@@ -48,11 +48,13 @@ def evaluate_glue(model: str, config: GlueConfig, out_dir: str | Path,
     if tokenizer.pad_token_id is None:
         raise CrammerError(f"--model {model}: its tokenizer has no padding token")
     device = resolve_device(config.device)
+    # Trials left by another model or recipe are refused before anything in out_dir is overwritten.
+    finished = {name: {k: _load_trial(out_dir, name, k, key) for k in range(config.trials)} for name in config.tasks}
     atomic_write_json(out_dir / "config.json", {"model": model, "trial_key": key, "config": to_dict(config)})
 
     trials: dict[str, list[dict]] = {}
     for name in config.tasks:
-        done = {k: _load_trial(out_dir, name, k, key) for k in range(config.trials)}
+        done = finished[name]
         pending = [k for k, result in done.items() if result is None]
         if pending:
             log(f"{name}: loading data")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
+import sys
 from pathlib import Path
 
 from crammer.config import parse_duration
@@ -56,12 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from crammer.report.run import make_run_config, run
+    from crammer.train.loop import TrainingInterrupted
 
     config = make_run_config(
         args.preset, args.out, sources=args.source, budget=args.budget, glue_dir=args.glue_dir,
         tasks=args.tasks, trials=args.trials, overrides=args.overrides,
     )
-    run(config, args.out, _command_line(args))
+    command = _command_line(args)
+    try:
+        run(config, args.out, command)
+    except TrainingInterrupted as e:  # `cram run` resumes by itself: the same command continues
+        print(f"cram: pretraining stopped by {signal.Signals(e.signum).name}; a checkpoint was written. "
+              f"Run the same command again to continue: {shlex.join(command)}", file=sys.stderr)
+        return 128 + int(e.signum)  # the shell convention for "ended by signal N"
     return 0
 
 
