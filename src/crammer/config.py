@@ -37,7 +37,7 @@ def parse_duration(text: str | float | int) -> float:
     return seconds
 
 
-def _convert(value: str, tp: Any, key: str) -> Any:
+def parse_value(value: str, tp: Any, key: str) -> Any:
     """Parse the string `value` into type `tp` (bool/int/float/str/Optional/Literal/tuple/list)."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -47,7 +47,7 @@ def _convert(value: str, tp: Any, key: str) -> Any:
         errors = []
         for a in args:
             try:
-                return _convert(value, a, key)
+                return parse_value(value, a, key)
             except CrammerError as e:
                 errors.append(str(e))
         raise CrammerError(f"{key}: cannot parse {value!r} as {tp}")
@@ -63,9 +63,9 @@ def _convert(value: str, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(parts) != len(args):
                 raise CrammerError(f"{key}: expected {len(args)} comma-separated values, got {value!r}")
-            return tuple(_convert(p.strip(), a, key) for p, a in zip(parts, args))
+            return tuple(parse_value(p.strip(), a, key) for p, a in zip(parts, args))
         item = args[0] if args else str
-        out = [_convert(p.strip(), item, key) for p in parts]
+        out = [parse_value(p.strip(), item, key) for p in parts]
         return tuple(out) if origin is tuple else out
     if tp is bool:
         low = value.lower()
@@ -114,7 +114,7 @@ def _set(obj: Any, path: list[str], value: str, full_key: str) -> Any:
     else:
         if dataclasses.is_dataclass(current):
             raise CrammerError(f"config key {full_key!r} is a section; set one of its fields")
-        new = _convert(value, hints[name], full_key)
+        new = parse_value(value, hints[name], full_key)
     return dataclasses.replace(obj, **{name: new})
 
 

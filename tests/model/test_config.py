@@ -46,9 +46,9 @@ def test_overrides_are_typed():
     "override, message",
     [
         ("num_layers=4", "unknown model config key 'num_layers'; valid keys: attention_probs_dropout_prob"),
-        ("num_hidden_layers=two", "num_hidden_layers: expected int, got 'two'"),
-        ("num_hidden_layers=2.5", "expected int"),
-        ("use_bias=maybe", "use_bias: expected bool"),
+        ("num_hidden_layers=two", "model config num_hidden_layers: expected an integer, got 'two'"),
+        ("num_hidden_layers=2.5", "expected an integer"),
+        ("use_bias=maybe", "model config use_bias: expected true/false"),
         ("hidden_size", "expected key=value"),
         ("norm_scheme=middle", "norm_scheme='middle' is not one of pre, post"),
         ("num_attention_heads=3", "not divisible by num_attention_heads=3"),

@@ -143,3 +143,16 @@ def test_optional_loggers_are_real_or_a_clear_error(corpus, tmp_path):
     except ImportError:
         with pytest.raises(CrammerError, match="needs Weights & Biases"):
             pretrain(tiny(["logging.wandb=true"]), corpus, tmp_path / "run-wandb")
+
+
+def test_a_failed_setup_stops_the_prefetch_thread(corpus, tmp_path, monkeypatch):
+    """An error after the data stream started (e.g. a logger that cannot start) must not leave its thread."""
+    import threading
+
+    def broken_metrics(*args, **kwargs):
+        raise CrammerError("metrics: cannot start")
+
+    monkeypatch.setattr(loop, "MetricsLog", broken_metrics)
+    with pytest.raises(CrammerError, match="metrics: cannot start"):
+        Pretrainer(tiny(), corpus, tmp_path / "run")
+    assert not [t for t in threading.enumerate() if t.name == "crammer-loader" and t.is_alive()]

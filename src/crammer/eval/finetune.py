@@ -167,12 +167,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def _optimizer(model: torch.nn.Module, cfg: GlueConfig, device: torch.device) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+    """AdamW with the same decay groups as pretraining (matrices decay; norms, biases and scales do not)."""
+    from crammer.train.step import parameter_groups
+
+    return torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, fused=device.type == "cuda")
 
 
 def run_trial(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Sequence
 
-from crammer.config import pick_preset
+from crammer.config import parse_value, pick_preset
 from crammer.errors import CrammerError
 from crammer.model.configuration_crammed_bert import CrammedBertConfig
 
@@ -47,29 +47,13 @@ NULLABLE_KEYS = frozenset({"pad_token_id"})
 
 
 def _parse(key: str, text: str, default: Any) -> Any:
-    """Parse `text` as the type of the key's default value (bool, int, float or str; None where allowed)."""
+    """Parse `text` as the type of the key's default value, with the same rules as every other override."""
     text = text.strip()
     if text.lower() in ("none", "null"):
         if key in NULLABLE_KEYS:
             return None
         raise CrammerError(f"model config {key}: cannot be None")
-    try:
-        if isinstance(default, bool):
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            number = float(text)
-            if not number.is_integer():
-                raise ValueError
-            return int(number)
-        if isinstance(default, float):
-            return float(text)
-    except ValueError:
-        raise CrammerError(f"model config {key}: expected {type(default).__name__}, got {text!r}") from None
-    return text
+    return parse_value(text, type(default) if default is not None else str, f"model config {key}")
 
 
 def make_config(preset: str, vocab_size: int, overrides: Sequence[str] = ()) -> CrammedBertConfig:

@@ -180,11 +180,16 @@ class Pretrainer:
             position=self.state["position"], rank=self.dist.rank, world_size=self.dist.world_size,
             prefetch=cfg.data.prefetch, pin_memory=self.device.type == "cuda",
         )
-        self.metrics = MetricsLog(self.run_dir, cfg.logging, self.dist.is_main, to_dict(cfg))
-        self.metrics.truncate_after(self.state["step"])
-        self.gpu = GpuMonitor(self.device)
-        self.flops_per_token = training_flops_per_token(self.model.config, self.corpus.seq_len, cfg.masking.fraction)
-        self.peak_flops = peak_flops(self.device, cfg.logging.peak_tflops)
+        try:  # the stream's prefetch thread is running now: stop it if the rest of the set-up fails
+            self.metrics = MetricsLog(self.run_dir, cfg.logging, self.dist.is_main, to_dict(cfg))
+            self.metrics.truncate_after(self.state["step"])
+            self.gpu = GpuMonitor(self.device)
+            self.flops_per_token = training_flops_per_token(self.model.config, self.corpus.seq_len,
+                                                            cfg.masking.fraction)
+            self.peak_flops = peak_flops(self.device, cfg.logging.peak_tflops)
+        except BaseException:
+            self.stream.close()
+            raise
         self.shared_elapsed = self.state["elapsed"]
         self.signal_received: int | None = None  # this process was signalled
         self.agreed_signal: int | None = None  # some rank was signalled, as seen by all ranks
