@@ -126,6 +126,14 @@ def test_cache_reuse_and_invalidation(tokenizer, wiki_sample, tmp_path, monkeypa
     monkeypatch.undo()
     prepare(DataConfig(**{**cfg.__dict__, "seed": 1}), progress=False)  # another recipe: rebuilt
     assert manifest(out)["config"]["seed"] == 1 and (out / "manifest.json").stat().st_mtime_ns != stamp
+    # Another tokenizer at the same path: the path is the same, the content is not, so it is rebuilt.
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    before = manifest(out)["tokenizer_fingerprint"]
+    with open(cfg.tokenizer, "a") as f:
+        f.write("\n")
+    prepare(DataConfig(**{**cfg.__dict__, "seed": 1}), progress=False)
+    assert (out / "manifest.json").stat().st_mtime_ns != stamp
+    assert manifest(out)["tokenizer_fingerprint"] != before and before.startswith("sha256:")
 
 
 def test_orderings(sample_corpus, tokenizer, wiki_sample, tmp_path):

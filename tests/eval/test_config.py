@@ -38,8 +38,9 @@ def test_overrides_are_typed_and_checked():
 def test_trial_key_tracks_the_recipe_only():
     base = make_glue_config("sane")
     key = base.trial_key("m")
-    for same in (["trials=2"], ["tasks=rte"], ["device=cpu"], ["glue_dir=/x"], ["compile=true"]):
+    for same in (["trials=2"], ["tasks=rte"], ["device=cpu"], ["glue_dir=/x"], ["compile=true"], ["pad_multiple=16"]):
         assert make_glue_config("sane", same).trial_key("m") == key
-    for other in (["lr=1e-5"], ["epochs=3"], ["seed=7"], ["max_train_examples=10"]):
+    for other in (["lr=1e-5"], ["epochs=3"], ["seed=7"], ["max_train_examples=10"], ["bucket_batches=1"],
+                  ["skip_malformed_rows=true"]):
         assert make_glue_config("sane", other).trial_key("m") != key
     assert base.trial_key("other-model") != key

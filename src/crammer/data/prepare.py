@@ -284,6 +284,16 @@ def write_ordered(stage: Path, shards: list[dict], perm: np.ndarray, writer: Blo
         writer.write(out)
 
 
+def tokenizer_fingerprint(name_or_path: str | None) -> str | None:
+    """The content hash of a given local tokenizer (its path alone would not notice an edit or a swap), the hub
+    name of a remote one, None when the tokenizer is trained here (the recipe hash covers that)."""
+    if not name_or_path:
+        return None
+    given = Path(name_or_path).expanduser()
+    path = given / "tokenizer.json" if given.is_dir() else given
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else name_or_path
+
+
 def _cached(out: Path, cfg: DataConfig, fingerprints: list) -> bool:
     manifest_path = out / MANIFEST
     if not manifest_path.is_file():
@@ -292,7 +302,8 @@ def _cached(out: Path, cfg: DataConfig, fingerprints: list) -> bool:
         manifest = read_json(manifest_path)
     except CrammerError:
         return False
-    return manifest.get("config_hash") == cfg.recipe_hash() and manifest.get("source_files") == fingerprints
+    return (manifest.get("config_hash") == cfg.recipe_hash() and manifest.get("source_files") == fingerprints
+            and manifest.get("tokenizer_fingerprint") == tokenizer_fingerprint(cfg.tokenizer))
 
 
 def prepare(cfg: DataConfig, progress: bool = True) -> Path:
@@ -382,6 +393,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
             "num_tokens": num_sequences * cfg.seq_len,
             "config": to_dict(cfg),
             "config_hash": cfg.recipe_hash(),
+            "tokenizer_fingerprint": tokenizer_fingerprint(cfg.tokenizer),
             "counts": {
                 "documents_read": stats.documents_read,
                 "documents_bad": stats.documents_bad,

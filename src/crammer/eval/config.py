@@ -65,9 +65,11 @@ class GlueConfig:
         return config_hash({"model": model, **recipe})
 
 
-# Fields that change what a trial computes (tasks, trials, data location and hardware do not).
+# Fields that change what a trial computes (tasks, trials, data location, padding and hardware do not).
+# Bucketing changes which examples share a batch; skipping malformed rows changes the data itself.
 _RECIPE_FIELDS = ("seed", "lr", "batch_size", "epochs", "schedule", "warmup_fraction", "weight_decay",
-                  "max_length", "dropout", "max_train_examples", "max_eval_examples")
+                  "max_length", "dropout", "max_train_examples", "max_eval_examples", "bucket_batches",
+                  "skip_malformed_rows")
 
 PROTOCOLS: dict[str, GlueConfig] = {
     "sane": GlueConfig(protocol="sane"),
