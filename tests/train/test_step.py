@@ -131,3 +131,15 @@ def test_even_micro_batch_keeps_steps_and_avoids_overshoot(fitting, target, expe
 def test_compile_defaults_to_cuda_only():
     assert should_compile(None, torch.device("cuda")) and not should_compile(None, torch.device("cpu"))
     assert should_compile(True, torch.device("cpu")) and not should_compile(False, torch.device("cuda"))
+
+
+def test_auto_micro_batch_is_the_largest_fit_evened_to_the_target(monkeypatch):
+    """One rule for pretrain, plan and bench: 1080 fits, 8192 is the target -> 8 x 1024, not 8 x 1080."""
+    import crammer.train.step as step
+
+    probed = []
+    monkeypatch.setattr(step, "cuda_memory_probe",
+                        lambda *args: (lambda n: probed.append(n) or n <= 1080))
+    assert step.auto_micro_batch(None, None, 128, "bf16", 0.9, target=8192) == 1024
+    assert max(probed) > 1080  # it searched past the limit before settling
+    assert step.auto_micro_batch(None, None, 128, "bf16", 0.9, target=100) == 100
