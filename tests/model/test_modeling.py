@@ -71,12 +71,16 @@ def test_residual_stream_stays_in_the_autocast_dtype():
     assert (low.float() - full).norm() / full.norm() < 2e-2
 
 
-def test_glu_uses_value_then_gate_halves_of_one_weight():
+@pytest.mark.parametrize("bias", [False, True])
+def test_glu_uses_value_then_gate_halves_of_one_weight(bias):
     """The split products must compute act(x W_gate) * (x W_value) with W = [W_value; W_gate], as stored."""
-    ffn = CrammedBertForMaskedLM(tiny()).bert.layers[0].ffn
+    ffn = CrammedBertForMaskedLM(tiny(f"use_bias={bias}")).bert.layers[0].ffn
+    if bias:
+        torch.nn.init.normal_(ffn.up.bias)
+        torch.nn.init.normal_(ffn.down.bias)
     x = torch.randn(4, 128)
-    value, gate = F.linear(x, ffn.up.weight).chunk(2, dim=-1)
-    expected = F.linear(F.gelu(gate) * value, ffn.down.weight)
+    value, gate = F.linear(x, ffn.up.weight, ffn.up.bias).chunk(2, dim=-1)
+    expected = F.linear(F.gelu(gate) * value, ffn.down.weight, ffn.down.bias)
     torch.testing.assert_close(ffn(x), expected)
 
 
