@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from crammer.cli import main
+from crammer.errors import CrammerError
 from crammer.report.run import make_run_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +28,7 @@ def _stage_times(run_dir: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_chain_end_to_end_then_second_invocation_skips_finished_stages(tmp_path, glue_dir, capsys):
+def test_chain_end_to_end_then_second_invocation_skips_finished_stages(tmp_path, glue_dir, capsys, monkeypatch):
     out = tmp_path / "run"
     args = ["run", "--preset", "tiny", "--budget", "8s", "--out", str(out), "--glue-dir", str(glue_dir),
             "--tasks", "rte,stsb,qnli"]
@@ -65,9 +67,13 @@ def test_chain_end_to_end_then_second_invocation_skips_finished_stages(tmp_path,
     assert again["report"] > finished["report"]  # the report is rebuilt from the files
     md = (out / "report.md").read_text()
 
-    # `cram report` regenerates the report on its own.
+    # `cram report` regenerates the report on its own, from any working directory.
+    assert json.loads((out / "state.json").read_text())["stages"]["data"]["data_dir"] == "data"
     (out / "report.md").unlink()
     (out / "report.html").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == md
     assert (out / "report.html").is_file()
@@ -113,10 +119,49 @@ def test_a_different_config_in_the_same_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"config": {"preset": "tiny", "pretrain": {"seed": 1}}}))
+    (out / "state.json").write_text(json.dumps({"stages": {"data": {"seconds": 1.0, "data_dir": "data"}}}))
     assert main(["run", "--preset", "tiny", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "run.json: this run folder was started with a different config" in err and err.count("\n") == 1
     assert not (out / "data").exists()  # refused before any work
+
+
+def test_a_folder_where_no_stage_finished_takes_a_corrected_command(tmp_path, monkeypatch, capsys):
+    """A start that failed (a typo caught late, a crash in data preparation) must not lock the folder."""
+    import crammer.report.run as run_module
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"config": {"preset": "tiny", "pretrain": {"seed": 1}}}))
+
+    def stop_after_the_record(config, layout, state):
+        raise CrammerError("stopped after the run record")
+
+    monkeypatch.setattr(run_module, "_data_stage", stop_after_the_record)
+    assert main(["run", "--preset", "tiny", "--out", str(out)]) == 2
+    assert "stopped after the run record" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["config"]["pretrain"]["seed"] == 0
+
+
+def test_glue_stage_stops_asking_the_hub_after_its_first_failure(tmp_path, monkeypatch):
+    import crammer.report.run as run_module
+    from crammer.report.layout import RunLayout
+    from crammer.report.state import RunState
+
+    asked = []
+
+    def offline(task, glue_dir):
+        asked.append(task)
+        return "could not reach the hub"
+
+    monkeypatch.setattr(run_module, "unreachable", offline)
+    config = make_run_config("tiny", tmp_path, tasks="rte,stsb,cola")
+    state = RunState.load(tmp_path)
+    run_module._glue_stage(config, tmp_path / "final", RunLayout(tmp_path), state)
+    assert asked == ["rte"]
+    skipped = state.stages["glue"]["skipped"]
+    assert skipped["rte"] == "could not reach the hub"
+    assert skipped["stsb"] == skipped["cola"] == "not tried: loading rte from the Hugging Face hub failed"
 
 
 def test_presets_resolve_and_overrides_reach_their_stage(tmp_path):
@@ -134,12 +179,24 @@ def test_presets_resolve_and_overrides_reach_their_stage(tmp_path):
     ("lr=1", "expected data.KEY=VALUE, pretrain.KEY=VALUE or glue.KEY=VALUE"),
     ("pretrain.optim.lrr=1", "unknown config key 'optim.lrr'"),
     ("data.vocab_size=many", "expected an integer"),
+    # Found when the stages meet, still before any work:
+    ("pretrain.model.bogus=1", "unknown model config key 'bogus'"),
+    ("data.seq_len=256", "data.seq_len=256 exceeds the model's max_position_embeddings=128"),
 ])
 def test_bad_overrides_are_one_line_errors(tmp_path, capsys, override, message):
     assert main(["run", "--preset", "tiny", "--out", str(tmp_path / "run"), override]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto-sizing works on a GPU")
+def test_an_auto_micro_batch_without_a_gpu_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "tiny", "--out", str(out), "pretrain.batch.micro_batch=none"]) == 2
+    err = capsys.readouterr().err
+    assert "pretrain.batch.micro_batch must be set without a GPU" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -18,6 +18,9 @@ def test_run_record_refuses_a_different_config(tmp_path):
     changed = {"preset": "tiny", "pretrain": {"budget_seconds": 20.0, "optim": {"lr": 5e-4}}}
     with pytest.raises(CrammerError, match=r"run.json: .*different config \(differs in: pretrain.optim.lr\)"):
         write_run_record(tmp_path, changed, ["cram", "run"])
+    # A folder where no stage has finished may take the new config over.
+    assert write_run_record(tmp_path, changed, ["cram", "run"], replace=True)["config"] == changed
+    assert write_run_record(tmp_path, changed, ["cram", "run"])["config"] == changed
 
 
 def test_state_survives_reload_and_bad_state_is_named(tmp_path):

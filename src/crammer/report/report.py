@@ -220,7 +220,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     state = RunState.load(run_dir)
     metrics = read_metrics(layout.pretrain) if (layout.pretrain / METRICS_FILE).is_file() else []
     tokens_trained = metrics[-1]["tokens"] if metrics else None
-    data_dir = Path(state.stages["data"]["data_dir"]) if "data" in state.stages else None
+    data_dir = run_dir / state.stages["data"]["data_dir"] if "data" in state.stages else None  # absolute stays so
     masked_fraction = run.get("config", {}).get("pretrain", {}).get("masking", {}).get("fraction")
 
     doc = Document(f"crammer run: {run_dir.name}")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from crammer.config import apply_overrides, parse_duration, pick_preset, to_dict
 from crammer.data.prepare import PRESETS as DATA_PRESETS
 from crammer.data.prepare import DataConfig as CorpusConfig
@@ -25,6 +27,7 @@ from crammer.eval.config import GlueConfig, make_glue_config
 from crammer.eval.glue import evaluate_glue, trial_path
 from crammer.eval.tasks import TASKS, load_task
 from crammer.io import read_json
+from crammer.model import make_config
 from crammer.report.layout import RunLayout
 from crammer.report.presets import RUN_PRESETS
 from crammer.report.report import PRETRAINING_SUMMARY, build_report
@@ -75,7 +78,25 @@ def make_run_config(
     glue_options += [f"tasks={tasks}"] if tasks else []
     glue_options += [f"trials={trials}"] if trials is not None else []
     glue = make_glue_config(names.glue_protocol, [*names.glue_overrides, *glue_options, *by_stage["glue"]])
-    return RunConfig(preset=preset, data=data, pretrain=pretrain, glue=glue)
+    return check_run_config(RunConfig(preset=preset, data=data, pretrain=pretrain, glue=glue))
+
+
+def check_run_config(config: RunConfig) -> RunConfig:
+    """Catch what would otherwise fail only after hours of data preparation or pretraining.
+
+    Each stage validates its own keys when its config is built; this checks what only shows when the
+    stages meet: model overrides (parsed when the model is built), the corpus's sequence length against
+    the model's positions, and a micro-batch on a machine that cannot auto-size one.
+    """
+    model = make_config(config.pretrain.model, config.data.vocab_size, config.pretrain.model_overrides)
+    if config.data.seq_len > model.max_position_embeddings:
+        raise CrammerError(f"data.seq_len={config.data.seq_len} exceeds the model's max_position_embeddings="
+                           f"{model.max_position_embeddings}; lower data.seq_len or set "
+                           f"pretrain.model.max_position_embeddings={config.data.seq_len}")
+    if config.pretrain.batch.micro_batch is None and not torch.cuda.is_available():
+        raise CrammerError("pretrain.batch.micro_batch must be set without a GPU (auto-sizing needs CUDA), "
+                           "e.g. pretrain.batch.micro_batch=16")
+    return config
 
 
 def run(config: RunConfig, out: Path, command: Sequence[str]) -> Path:
@@ -86,10 +107,12 @@ def run(config: RunConfig, out: Path, command: Sequence[str]) -> Path:
     """
     layout = RunLayout(Path(out))
     rank = int(os.environ.get("RANK", "0"))
+    state = RunState.load(layout.root)
     if rank == 0:
         layout.root.mkdir(parents=True, exist_ok=True)
-        write_run_record(layout.root, to_dict(config), list(command))
-    state = RunState.load(layout.root)
+        # Until a stage has finished, nothing in the folder depends on the config: a corrected command
+        # (a typo fixed after a failed start) may take the folder over.
+        write_run_record(layout.root, to_dict(config), list(command), replace=not state.stages)
 
     data_dir = _data_stage(config, layout, state) if rank == 0 else _wait_for_data(config, layout)
     final = _pretrain_stage(config, data_dir, layout, state, write_state=rank == 0)
@@ -110,8 +133,15 @@ def _data_stage(config: RunConfig, layout: RunLayout, state: RunState) -> Path:
     started = time.monotonic()
     data_dir = Path(prepare(config.data))
     if not state.done("data"):
-        state.finish("data", time.monotonic() - started, data_dir=str(data_dir))
+        state.finish("data", time.monotonic() - started, data_dir=_relative_to_run(data_dir, layout.root))
     return data_dir
+
+
+def _relative_to_run(path: Path, run_dir: Path) -> str:
+    """A path inside the run folder relative to it (the record then holds wherever the folder is moved or
+    read from); one outside it absolute."""
+    path, run_dir = path.resolve(), run_dir.resolve()
+    return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
 
 
 def _wait_for_data(config: RunConfig, layout: RunLayout, poll_s: float = 2.0) -> Path:
@@ -150,8 +180,16 @@ def _glue_stage(config: RunConfig, final: Path, layout: RunLayout, state: RunSta
         return
     started = time.monotonic()
     reachable, skipped = [], {}
+    hub_down: str | None = None  # the first task the hub failed to give: the others will not load either
     for task in config.glue.tasks:
-        why = None if _trials_done(config.glue, layout, task) else unreachable(task, config.glue.glue_dir)
+        if _trials_done(config.glue, layout, task):
+            why = None
+        elif hub_down is not None:
+            why = f"not tried: loading {hub_down} from the Hugging Face hub failed"
+        else:
+            why = unreachable(task, config.glue.glue_dir)
+            if why is not None and config.glue.glue_dir is None:
+                hub_down = task
         if why is None:
             reachable.append(task)
         else:

@@ -1,7 +1,7 @@
 """The run folder's bookkeeping: which stages finished, how long each took, and on what software.
 
-`RUN_DIR/run.json` holds the resolved run config (written once; a later invocation with a different
-config is refused, so one folder is always one experiment) and `RUN_DIR/state.json` records each
+`RUN_DIR/run.json` holds the resolved run config (once a stage has finished, a later invocation with a
+different config is refused, so one folder is always one experiment) and `RUN_DIR/state.json` records each
 finished stage. Both are written atomically, so a crash leaves either the old or the new record.
 """
 
@@ -62,19 +62,21 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def write_run_record(run_dir: Path, config: dict[str, Any], command: list[str]) -> dict[str, Any]:
-    """Create run.json, or check that an existing one describes the same config."""
+def write_run_record(run_dir: Path, config: dict[str, Any], command: list[str], replace: bool = False) -> dict[str, Any]:
+    """Create run.json, or check that an existing one describes the same config (`replace`: overwrite
+    a different one instead, for a folder where no stage has finished yet)."""
     path = run_dir / RUN_JSON
     if path.exists():
         record = read_json(path)
         old = record.get("config")
-        if old != config:
+        if old == config:
+            return record
+        if not replace:
             diff = sorted(_diff_keys(old or {}, config))
             raise CrammerError(
                 f"{path}: this run folder was started with a different config "
                 f"(differs in: {', '.join(diff[:8])}); use a new --out folder or the original options"
             )
-        return record
     record = {"config": config, "command": command, "versions": versions(), "created": time.time()}
     atomic_write_json(path, record)
     return record
