@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from crammer.errors import CrammerError
-from crammer.io import atomic_dir, atomic_path, atomic_write_json, read_json
+from crammer.io import atomic_dir, atomic_path, atomic_write_json, read_json, remove_stale_temps
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
@@ -60,6 +61,48 @@ def test_atomic_dir_flushes_every_file_before_the_rename(tmp_path, monkeypatch):
         (tmp / "sub" / "shard.npy").write_bytes(b"y")
     names = [Path(s).name for s in synced[:renamed[0]]]
     assert "weights.bin" in names and "shard.npy" in names and "sub" in names
+
+
+def test_atomic_dir_replaces_only_what_the_caller_allows(tmp_path):
+    """It used to rename away and delete whatever was at the path, a user's folder or a file alike."""
+
+    def only_empty(path: Path) -> None:
+        if any(path.iterdir()):
+            raise CrammerError(f"{path}: not empty")
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep").write_text("precious")
+    with pytest.raises(CrammerError, match="mine: not empty"):
+        with atomic_dir(mine, only_empty):
+            pytest.fail("refused only after the work")  # checked before anything is built
+    late = tmp_path / "late"
+    with pytest.raises(CrammerError, match="late: not empty"):
+        with atomic_dir(late, only_empty) as tmp:
+            (tmp / "new").write_text("1")
+            late.mkdir()  # appears while the new folder is built: checked again before the swap
+            (late / "keep").write_text("precious")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("data")
+    with pytest.raises(CrammerError, match="a_file: exists and is not a folder"):
+        with atomic_dir(a_file):  # the default: a folder may be replaced, a file never
+            pass
+    assert (mine / "keep").read_text() == (late / "keep").read_text() == "precious" and a_file.read_text() == "data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "late", "mine"]
+
+
+def test_remove_stale_temps_takes_only_this_paths_leftovers(tmp_path):
+    leftovers = [Path(tempfile.mkdtemp(prefix=".out.", suffix=".tmp", dir=tmp_path)),  # as atomic_dir names them
+                 Path(tempfile.mkstemp(prefix=".out.", suffix=".tmp", dir=tmp_path)[1])]  # as atomic_path does
+    (leftovers[0] / "shard.npy").write_bytes(b"x")
+    kept = [".out.v2.abc123.tmp", ".outer.abc123.tmp", ".out.tmp", "out", "x.out.ab.tmp"]  # `out.v2`'s, `outer`'s
+    for name in kept:
+        (tmp_path / name).mkdir()
+    (tmp_path / ".out.old").mkdir()  # a swap killed between its two renames
+    leftovers.append(tmp_path / ".out.old")
+    assert sorted(remove_stale_temps(tmp_path, "out")) == sorted(leftovers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+    assert remove_stale_temps(tmp_path / "missing", "out") == []
 
 
 def test_read_json_errors_name_the_file(tmp_path):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from crammer.errors import CrammerError
 
@@ -76,32 +77,73 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(folder))
 
 
+def require_dir(path: Path) -> None:
+    """The default test of `atomic_dir`: an existing directory may be replaced, a file may not."""
+    if not path.is_dir():
+        raise CrammerError(f"{path}: exists and is not a folder; choose another output or remove it")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, check_existing: Callable[[Path], None] = require_dir) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it into place only when complete.
 
-    An existing directory at `path` is replaced only after the new one is fully written.
+    An existing entry at `path` is replaced only after the new directory is fully written, and only if
+    `check_existing(path)` does not raise (it runs before anything is written and again just before the
+    swap). A caller whose `path` may be a user's folder passes a stricter test, so that a mistyped
+    output never deletes unrelated files.
     """
     path = Path(path)
+    if _exists(path):
+        check_existing(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         fsync_tree(tmp)
         os.chmod(tmp, DIR_MODE)
-        if path.exists():
+        if _exists(path):
+            check_existing(path)
             old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+            _remove(old)
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
+
+
+def remove_stale_temps(folder: str | os.PathLike, name_pattern: str) -> list[Path]:
+    """Delete what `atomic_dir` writes killed mid-way (SIGKILL, power loss) left in `folder`: the
+    `.NAME.<random>.tmp` build folders and `.NAME.old` swap leftovers of every NAME that fully matches the
+    regex `name_pattern`. They can be gigabytes (a corpus's staging shards, a checkpoint).
+
+    Assumes a single writer per output: a concurrent writer's staging folder would be deleted too.
+    """
+    # `tempfile` names are `prefix` + [a-z0-9_] + `suffix`: `.out.v2.x.tmp` belongs to the output `out.v2`.
+    pattern = re.compile(rf"\.(?:{name_pattern})\.(?:[a-z0-9_]+\.tmp|old)")
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:  # no folder yet: nothing to clean
+        return []
+    stale = [p for p in entries if pattern.fullmatch(p.name)]
+    for p in stale:
+        _remove(p)
+    return stale
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder tree if there is one (a link is removed, never followed)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif _exists(path):
+        path.unlink(missing_ok=True)
 
 
 def read_json(path: str | os.PathLike) -> Any:

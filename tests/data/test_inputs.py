@@ -7,6 +7,9 @@ import gzip
 import json
 import lzma
 import os
+import platform
+import signal
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+import crammer.data.prepare as prep
 from crammer.cli import main
+from crammer.data import sources
 from crammer.data.prepare import DataConfig, prepare
-from crammer.data.sources import parse_source
+from crammer.data.sources import fingerprint, parse_source
 from crammer.errors import CrammerError
 from tests.data.conftest import expected_stream, manifest, stream
 
@@ -212,3 +217,133 @@ def test_smoke_preset_is_the_demo_corpus(tmp_path):
     assert main(["data", "prepare", "--preset", "smoke", "--out", str(out), "--quiet", "--max-docs", "15"]) == 0
     m = manifest(out)
     assert m["sources"] == ["pydoc"] and m["config"]["vocab_size"] == 8192 and m["smoke_corpus"]
+
+
+def test_out_replaces_only_an_empty_folder_or_a_prepared_corpus(tok_file, tmp_path, capsys):
+    good = tmp_path / "good.txt"
+    good.write_bytes(encode_as(".txt"))
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    argv = ["data", "prepare", "--source", str(good), "--tokenizer", tok_file, "--seq-len", "4", "--filter-ratio", "0",
+            "--quiet"]
+    assert main([*argv, "--out", str(precious)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{precious}: folder is not empty and is not a prepared corpus" in err
+    assert [p.name for p in precious.iterdir()] == ["thesis.tex"]
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".precious.")]
+    (tmp_path / "afile").write_text("data")
+    assert main([*argv, "--out", str(tmp_path / "afile")]) == 2
+    assert "afile: exists and is a file" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "data"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*argv, "--out", str(empty)]) == 0 and manifest(empty)["counts"]["documents_read"] == 3
+    assert main([*argv, "--out", str(empty), "--seed", "1"]) == 0  # an earlier corpus is replaced
+    assert manifest(empty)["config"]["seed"] == 1
+
+
+def test_output_inside_the_source_folder_is_not_read_back(tokenizer, tok_file, tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    (corpus / ".git").mkdir(parents=True)
+    (corpus / "a.jsonl").write_bytes(encode_as(".jsonl"))
+    (corpus / ".notes.txt").write_text("hidden: skipped")
+    (corpus / ".git" / "log.txt").write_text("hidden folder: skipped")
+    expected = expected_stream(tokenizer, DOCS, 4)
+    runs = {}
+    for source in (str(corpus), str(corpus / "**" / "*.json*")):
+        cfg = DataConfig(sources=(source,), out=str(corpus / "prepared"), tokenizer=tok_file, seq_len=4,
+                         filter_ratio=0.0, order="none")
+        out = prepare(cfg, progress=False)
+        assert np.array_equal(stream(out), expected)
+        runs[source] = (cfg, (out / "manifest.json").stat().st_mtime_ns)
+    monkeypatch.setattr(prep, "load_tokenizer", lambda *a: pytest.fail("rebuilt instead of reusing the cache"))
+    cfg, stamp = runs[str(corpus / "**" / "*.json*")]
+    assert prepare(cfg, progress=False) == corpus / "prepared"  # its own .json files are not new input
+    assert (corpus / "prepared" / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_bad_out_fails_before_reading_anything(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "read_documents", lambda *a: pytest.fail("read documents before checking --out"))
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    cases = {str(tmp_path / "afile" / "sub"): f"{tmp_path / 'afile'} is a file",
+             str(tmp_path / "afile"): "exists and is a file",
+             ".": "is the current folder or one above it",
+             "..": "is the current folder or one above it"}
+    for out, message in cases.items():
+        with pytest.raises(CrammerError) as e:
+            prepare(DataConfig(sources=("pydoc",), out=out, vocab_size=100), progress=False)
+        assert message in str(e.value) and "\n" not in str(e.value)
+    assert (tmp_path / "afile").read_text() == "x" and sorted(os.listdir(tmp_path)) == ["afile", "cwd"]
+
+
+def test_unopenable_file_is_a_one_line_error(tok_file, tmp_path, monkeypatch):
+    path = tmp_path / "locked.txt"
+    path.write_bytes(encode_as(".txt"))
+
+    def denied(p):  # what open() raises on a file without read permission (root would not see it)
+        raise PermissionError(13, "Permission denied", str(p))
+
+    monkeypatch.setattr(sources, "_open_binary", denied)
+    assert error_of(tmp_path, [str(path)], tok_file) == f"{path}: cannot open (Permission denied)"
+
+
+def test_stale_staging_folders_of_this_output_are_removed(tok_file, tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_bytes(encode_as(".txt"))
+    stale = Path(tempfile.mkdtemp(prefix=".out.", suffix=".tmp", dir=tmp_path))  # named as atomic_dir names it
+    (stale / "shard-00000.npy").write_bytes(bytes(1000))
+    others = [tmp_path / ".out.v2.abc123.tmp", tmp_path / ".outer.abc123.tmp"]  # outputs `out.v2`, `outer`
+    for other in others:
+        other.mkdir()
+    build(tmp_path, [str(good)], tok_file, "out")
+    assert not stale.exists() and all(other.is_dir() for other in others)
+
+
+def test_sigterm_removes_the_staging_folder(tok_file, shared_data, tmp_path, monkeypatch):
+    """SIGTERM used to end the process on the spot, leaving a corpus-sized `.out.*.tmp` behind."""
+    ignored = []
+
+    def stand_in(signum, frame):  # instead of the default action, which would end pytest too
+        ignored.append(signum)
+
+    before = signal.signal(signal.SIGTERM, stand_in)
+    add = prep.BlockWriter.add
+
+    def add_then_terminated(self, tokens):
+        add(self, tokens)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(prep.BlockWriter, "add", add_then_terminated)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build(tmp_path, [str(shared_data / "wiki" / "sample.txt")], tok_file)
+        assert not ignored and signal.getsignal(signal.SIGTERM) is stand_in  # prepare's handler only while it runs
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] and not (tmp_path / "out").exists()
+
+
+def test_pydoc_and_hub_sources_have_fingerprints(tok_file, tmp_path, monkeypatch):
+    """With an empty fingerprint a cached corpus was reused after its source changed."""
+    [pydoc] = fingerprint(parse_source("pydoc::max_docs=5"))
+    assert pydoc["python"] == platform.python_version() and Path(pydoc["file"]).name.startswith("topics.py")
+    [hub] = fingerprint(parse_source("hf:allenai/c4:en@validation"))
+    assert (hub["hf"], hub["config"], hub["split"]) == ("allenai/c4", "en", "validation") and "name" in hub["cached_by"]
+    local = tmp_path / "ds"
+    local.mkdir()
+    (local / "train.jsonl").write_bytes(encode_as(".jsonl"))
+    first = fingerprint(parse_source(f"hf:{local}"))
+    assert first[1]["file"] == str((local / "train.jsonl").resolve())
+    (local / "train.jsonl").write_bytes(encode_as(".jsonl") * 2)
+    assert fingerprint(parse_source(f"hf:{local}")) != first
+    # a new Python (so new pydoc topics) rebuilds the smoke corpus
+    out = build(tmp_path, ["pydoc::max_docs=5"], tok_file)
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert build(tmp_path, ["pydoc::max_docs=5"], tok_file) == out  # unchanged: reused
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+    monkeypatch.setattr(sources.platform, "python_version", lambda: "9.99.0")
+    build(tmp_path, ["pydoc::max_docs=5"], tok_file)
+    assert (out / "manifest.json").stat().st_mtime_ns != stamp

@@ -8,10 +8,13 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
+from crammer.data import sources as src
 from crammer.data.packed import PackedCorpus
-from crammer.data.prepare import DataConfig, keep_document, prepare
+from crammer.data.prepare import DataConfig, is_up_to_date, keep_document, prepare
+from crammer.data.tokenizer import build_normalizer, train_wordpiece
 from tests.data.conftest import expected_stream, manifest, stream
 
 
@@ -72,6 +75,70 @@ def test_jsonl_xz_slice_filter_and_counts(shared_data, tokenizer, tmp_path):
     assert manifest(out)["vocab_size"] == tokenizer.get_vocab_size() and manifest(out)["dtype"] == "uint16"
 
 
+def assert_documents_decode(tok: Tokenizer, tokens: np.ndarray, docs: list[str], n: int = 10) -> None:
+    """The first `n` documents between [SEP]s decode to their normalized text (spacing aside)."""
+    sep = tok.token_to_id("[SEP]")
+    bounds = np.flatnonzero(tokens == sep)[:n]
+    for doc, a, b in zip(docs, np.concatenate([[0], bounds[:-1] + 1]), bounds):
+        assert "".join(tok.decode(tokens[a:b].tolist()).split()) == "".join(tok.normalizer.normalize_str(doc).split())
+
+
+def test_global_max_docs_trains_the_tokenizer_on_those_documents(tmp_path):
+    """Each pass over the corpus (the trainer's two, then packing) reads the first max_docs documents: with one
+    shared counter the training pass read nothing, giving a 42-token vocabulary and a corpus of [UNK]s."""
+    docs = list(src.read_documents([src.parse_source("pydoc")], "text", False, 30, src.ReadStats()))
+    normalizer = build_normalizer(lowercase=True, strip_accents=True, ascii_only=False)
+    for tokenizer_docs in (None, 20):  # 20: between max_docs/2 and max_docs, so the passes overlap
+        out = prepare(DataConfig(sources=("pydoc",), out=str(tmp_path / f"d{tokenizer_docs}"), max_docs=30,
+                                 tokenizer_docs=tokenizer_docs, vocab_size=1000, seq_len=32, filter_ratio=0.0,
+                                 order="none"), progress=False)
+        tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+        trained_on = docs[:tokenizer_docs]
+        assert tok.get_vocab() == train_wordpiece(lambda: trained_on, 1000, normalizer, False).get_vocab()
+        m = manifest(out)
+        assert m["counts"]["documents_read"] == 30 and m["counts"]["documents_per_source"] == {"pydoc": 30}
+        tokens = stream(out)
+        assert np.array_equal(tokens, expected_stream(tok, docs, 32))
+        assert m["unk_fraction"] == round(m["counts"]["tokens_unk"] / m["counts"]["tokens"], 6)
+        assert m["unk_fraction"] < (0.01 if tokenizer_docs else 1e-9)  # unseen characters only after doc 20
+        assert_documents_decode(tok, tokens, docs)
+
+
+def test_unk_fraction_is_recorded_and_warned(tokenizer, tmp_path, capsys):
+    texts = ["Plain English words.", "ᏣᎳᎩ ᎦᏬᏂᎯᏍᏗ ᏣᎳᎩ ქართული ენა 日本語"]  # scripts the sample tokenizer never saw
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    tok = str(tokenizer_path(tokenizer, tmp_path))
+    out = prepare(DataConfig(sources=(str(source),), out=str(tmp_path / "d"), tokenizer=tok, seq_len=4,
+                             filter_ratio=0.0, order="none"), progress=False)
+    sep = tokenizer.token_to_id("[SEP]")
+    ids = [i for t in texts for i in tokenizer.encode(t, add_special_tokens=False).ids + [sep]]
+    unk = ids.count(tokenizer.token_to_id("[UNK]"))
+    m = manifest(out)
+    assert unk > 0 and (m["counts"]["tokens_unk"], m["counts"]["tokens"]) == (unk, len(ids))
+    assert m["unk_fraction"] == round(unk / len(ids), 6)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning" in err and f"{m['unk_fraction']:.1%} of the tokens are [UNK]" in err
+
+
+def test_given_tokenizer_keeps_whole_documents_and_adds_no_padding(minilm_path, shared_data, tmp_path):
+    """all-MiniLM-L6-v2's tokenizer.json truncates and pads to 128: packing must undo both."""
+    docs = wiki_slice(shared_data, 2) + ["A short one."]
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    out = prepare(DataConfig(sources=(str(source),), out=str(tmp_path / "d"), tokenizer=str(minilm_path), seq_len=64,
+                             filter_ratio=0.0, order="none"), progress=False)
+    reference = Tokenizer.from_file(str(minilm_path / "tokenizer.json"))
+    assert reference.truncation and reference.padding  # the file's own settings, which packing must not use
+    reference.no_truncation()
+    reference.no_padding()
+    assert len(reference.encode(docs[0], add_special_tokens=False)) > 1000
+    tokens = stream(out)
+    assert np.array_equal(tokens, expected_stream(reference, docs, 64))
+    assert reference.token_to_id("[PAD]") not in tokens
+    assert_documents_decode(reference, tokens, docs)
+
+
 def tokenizer_path(tok, tmp_path: Path) -> Path:
     path = tmp_path / "tokenizer.json"
     tok.save(str(path))
@@ -121,6 +188,7 @@ def test_cache_reuse_and_invalidation(tokenizer, wiki_sample, tmp_path, monkeypa
         raise AssertionError("recomputed instead of reusing the cache")
 
     monkeypatch.setattr(prep, "load_tokenizer", fail)
+    assert is_up_to_date(cfg) and not is_up_to_date(DataConfig(**{**cfg.__dict__, "seed": 1}))
     assert prepare(DataConfig(**{**cfg.__dict__, "workers": 2}), progress=False) == out  # workers: same bytes
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
     monkeypatch.undo()
@@ -131,6 +199,7 @@ def test_cache_reuse_and_invalidation(tokenizer, wiki_sample, tmp_path, monkeypa
     before = manifest(out)["tokenizer_fingerprint"]
     with open(cfg.tokenizer, "a") as f:
         f.write("\n")
+    assert not is_up_to_date(DataConfig(**{**cfg.__dict__, "seed": 1}))
     prepare(DataConfig(**{**cfg.__dict__, "seed": 1}), progress=False)
     assert (out / "manifest.json").stat().st_mtime_ns != stamp
     assert manifest(out)["tokenizer_fingerprint"] != before and before.startswith("sha256:")

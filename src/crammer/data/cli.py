@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--source", action="append", metavar="SRC", help="input (repeatable to mix sources)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset")
-    p.add_argument("--out", help="output folder (default: data)")
+    p.add_argument("--out", help="output folder (default: data); an existing one is replaced only if it is empty "
+                   "or an earlier prepared corpus")
     p.add_argument("--vocab-size", type=int, help="WordPiece vocabulary size (default 32768)")
     p.add_argument("--seq-len", type=int, help="tokens per packed block (default 128)")
     p.add_argument("--filter-ratio", type=float, help="keep a doc if tokens < ratio*chars; 0 disables (0.3)")

@@ -11,6 +11,7 @@ Sequences are addressed by a global index across shards, in stored order.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,23 @@ import numpy as np
 from crammer.errors import CrammerError
 from crammer.io import read_json
 
-FORMAT = "crammer-packed-v1"
+FORMAT_FAMILY = "crammer-packed-"  # the tag of every version of the format
+FORMAT = FORMAT_FAMILY + "v1"
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
+
+
+def is_prepared_corpus(path: Path) -> bool:
+    """Whether `path` holds a corpus written by `cram data prepare` (any format version): such a folder may be
+    replaced by a new one, and is never read as input."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith(FORMAT_FAMILY)
 
 
 class PackedCorpus:

@@ -10,7 +10,10 @@ The pipeline streams, so memory stays flat in corpus size:
 3. the blocks are reordered (random / easy-first / sentence-length / none = corpus order) shard by shard from the
    memory-mapped staging shards into the final `shards/` (only an int per block is held in memory).
 Chunks come back in submission order, so the output is byte-identical for any number of workers.
-Everything is built in a temporary folder renamed into place at the end (`crammer.io.atomic_dir`).
+Everything is built in a temporary folder renamed into place at the end (`crammer.io.atomic_dir`); an
+existing output is replaced only if it is empty or an earlier prepared corpus. SIGTERM unwinds like
+Ctrl-C, so the temporary folder goes with it; one a hard kill leaves behind is deleted by the next run
+into the same output (one writer per output folder is assumed).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import hashlib
 import itertools
 import json
 import os
+import re
+import signal
+import sys
+import threading
 import time
 import typing
 from dataclasses import dataclass
@@ -34,15 +41,16 @@ from tqdm import tqdm
 
 from crammer.config import config_hash, to_dict
 from crammer.data import sources as src
-from crammer.data.packed import FORMAT, MANIFEST, SHARD_DIR, PackedCorpus
+from crammer.data.packed import FORMAT, MANIFEST, SHARD_DIR, PackedCorpus, is_prepared_corpus
 from crammer.data.tokenizer import build_normalizer, load_tokenizer, save_for_transformers, special_token_ids, train_wordpiece
 from crammer.errors import CrammerError
-from crammer.io import atomic_dir, atomic_write_json, read_json
+from crammer.io import atomic_dir, atomic_write_json, read_json, remove_stale_temps
 
 Order = Literal["random", "easy-first", "sentence-length", "none"]  # none: corpus order
 ORDERS = typing.get_args(Order)
 CHUNK_CHARS = 1 << 20  # characters per work item: big enough to amortize a call, small enough to stream
 SENTENCE_ENDS = (".", "!", "?")
+UNK_WARNING = 0.05  # warn when more than this fraction of the packed tokens are [UNK]
 
 
 @dataclass(frozen=True)
@@ -294,6 +302,56 @@ def tokenizer_fingerprint(name_or_path: str | None) -> str | None:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else name_or_path
 
 
+def check_output(out: Path) -> None:
+    """Fail before any reading on an output folder that cannot be written or must not be replaced."""
+    resolved = out.resolve()
+    if Path.cwd().resolve().is_relative_to(resolved):
+        raise CrammerError(f"{out}: is the current folder or one above it, which the output would replace; "
+                           "name a new folder, e.g. --out data")
+    if resolved.exists():
+        replaceable_output(resolved)
+    blocking = next((p for p in resolved.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise CrammerError(f"{out}: cannot create the output folder, {blocking} is a file")
+    try:
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CrammerError(f"{out}: cannot create the output's parent folder ({e.strerror or e})") from None
+    if not os.access(resolved.parent, os.W_OK | os.X_OK):
+        raise CrammerError(f"{out}: cannot write in {resolved.parent} (permission denied)")
+
+
+def replaceable_output(path: Path) -> None:
+    """An existing output may be replaced only if it is an empty folder or an earlier prepared corpus: a
+    mistyped --out must not delete someone's files."""
+    if not path.is_dir():
+        raise CrammerError(f"{path}: exists and is a file, not an output folder; choose another --out")
+    try:
+        empty = not any(path.iterdir())
+    except OSError as e:
+        raise CrammerError(f"{path}: cannot read the existing output folder ({e.strerror or e})") from None
+    if not empty and not is_prepared_corpus(path):
+        raise CrammerError(f"{path}: folder is not empty and is not a prepared corpus (no {MANIFEST} of "
+                           "`cram data prepare`); refusing to replace it, choose another --out")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a job scheduler) unwinds like Ctrl-C, so the temporary folder is removed on the way out."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def _cached(out: Path, cfg: DataConfig, fingerprints: list) -> bool:
     manifest_path = out / MANIFEST
     if not manifest_path.is_file():
@@ -306,10 +364,19 @@ def _cached(out: Path, cfg: DataConfig, fingerprints: list) -> bool:
             and manifest.get("tokenizer_fingerprint") == tokenizer_fingerprint(cfg.tokenizer))
 
 
+def is_up_to_date(cfg: DataConfig) -> bool:
+    """Whether `cfg.out` holds what `prepare(cfg)` would build now (same recipe, input files and tokenizer)."""
+    specs = [src.parse_source(s) for s in cfg.sources]
+    return _cached(Path(cfg.out).expanduser(), cfg, [src.fingerprint(s) for s in specs])
+
+
+@_sigterm_as_interrupt()
 def prepare(cfg: DataConfig, progress: bool = True) -> Path:
     """Build the prepared corpus at `cfg.out` (or reuse it when the recipe and inputs are unchanged)."""
     validate(cfg)
-    out = Path(cfg.out)
+    out = Path(cfg.out).expanduser()
+    check_output(out)
+    remove_stale_temps(out.parent, re.escape(out.name))
     specs = [src.parse_source(s) for s in cfg.sources]
     fingerprints = [src.fingerprint(s) for s in specs]
     if _cached(out, cfg, fingerprints):
@@ -324,10 +391,15 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
     else:
-        stats = src.ReadStats()  # counts both of the trainer's passes: only its zero is used
-        tok = train_wordpiece(lambda: itertools.islice(documents(stats), cfg.tokenizer_docs), cfg.vocab_size,
+        passes: list[src.ReadStats] = []  # the trainer reads twice: each pass counts (and caps) on its own
+
+        def training_documents() -> Iterator[str]:
+            passes.append(src.ReadStats())
+            return itertools.islice(documents(passes[-1]), cfg.tokenizer_docs)
+
+        tok = train_wordpiece(training_documents, cfg.vocab_size,
                               build_normalizer(cfg.lowercase, cfg.strip_accents, cfg.ascii_only), progress)
-        if stats.documents_read == 0:
+        if passes[-1].documents_read == 0:
             raise CrammerError(f"{', '.join(cfg.sources)}: empty corpus (no documents with text)")
     tokenizer_seconds = time.time() - started
     vocab_size = tok.get_vocab_size()
@@ -340,7 +412,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
     total_bytes = sum(f["bytes"] for fp in fingerprints for f in fp) if all_files else None
     counts = collections.Counter()
     seen: set[bytes] = set()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, check_existing=replaceable_output) as tmp:
         stage = BlockWriter(tmp / "staging", cfg.seq_len, cfg.shard_sequences, dtype)
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="data: packing", disable=not progress,
                    dynamic_ncols=True)
@@ -359,6 +431,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
                 counts["documents_kept"] += len(chunk.doc_lengths)
             counts["documents_filtered"] += chunk.filtered
             counts["tokens"] += len(tokens)
+            counts["tokens_unk"] += int(np.count_nonzero(tokens == special["unk"]))
             stage.add(tokens)
             bar.update((stats.bytes_read() if all_files else stats.characters_read) - bar.n)
             bar.set_postfix(docs=stats.documents_read, docs_s=f"{stats.documents_read / max(bar.format_dict['elapsed'], 1e-9):.0f}")
@@ -391,6 +464,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
             "shards": final.shards,
             "num_sequences": num_sequences,
             "num_tokens": num_sequences * cfg.seq_len,
+            "unk_fraction": round(counts["tokens_unk"] / counts["tokens"], 6),
             "config": to_dict(cfg),
             "config_hash": cfg.recipe_hash(),
             "tokenizer_fingerprint": tokenizer_fingerprint(cfg.tokenizer),
@@ -403,6 +477,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
                 "documents_kept": counts["documents_kept"],
                 "characters_read": stats.characters_read,
                 "tokens": counts["tokens"],
+                "tokens_unk": counts["tokens_unk"],
                 "tokens_dropped_remainder": dropped,
                 "sequences": num_sequences,
                 "documents_per_source": stats.per_source,
@@ -418,6 +493,9 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Path:
         }
         atomic_write_json(tmp / MANIFEST, manifest)
     PackedCorpus(out)  # the reader accepts what we wrote
+    if manifest["unk_fraction"] > UNK_WARNING:
+        print(f"data: warning: {out}: {manifest['unk_fraction']:.1%} of the tokens are [UNK]; the tokenizer does "
+              "not cover this text (another language or script? trained on too few documents?)", file=sys.stderr)
     if progress:
         c = manifest["counts"]
         print(f"data: {out}: {num_sequences} sequences x {cfg.seq_len} tokens, vocab {vocab_size}, "

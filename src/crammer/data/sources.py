@@ -2,7 +2,8 @@
 Face hub datasets in streaming mode, and the offline `pydoc` smoke corpus.
 
 A source spec is a string:
-- `PATH`, a folder (all supported files below it, sorted) or a glob (sorted matches);
+- `PATH`, a folder (all supported files below it, sorted, skipping hidden entries and prepared corpora) or
+  a glob (sorted matches);
 - `hf:NAME[:CONFIG][@SPLIT]` (split defaults to `train`), streamed with `datasets`;
 - `pydoc`: the English documentation topics shipped with CPython (a *smoke* corpus, ~465k chars);
 each optionally followed by `::max_docs=N` to cap that source.
@@ -21,10 +22,12 @@ import io
 import json
 import lzma
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
+from crammer.data.packed import is_prepared_corpus
 from crammer.errors import CrammerError
 
 PYDOC = "pydoc"
@@ -91,33 +94,62 @@ def expand_files(target: str) -> list[Path]:
             )
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_supported(p))
+        files = sorted(p for p in _folder_files(path) if _is_supported(p))
         if not files:
-            raise CrammerError(f"{path}: folder holds no supported files ({', '.join(FORMATS)})")
+            raise CrammerError(f"{path}: folder holds no supported files ({', '.join(FORMATS)}; hidden entries "
+                               "and prepared corpora are skipped)")
         return files
     if glob.has_magic(target):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(target), recursive=True))
-        files = [p for p in files if p.is_file() and _is_supported(p)]
+        files = [p for p in files if p.is_file() and _is_supported(p) and not is_prepared_corpus(p.parent)]
         if not files:
             raise CrammerError(f"{target}: glob matches no supported files")
         return files
     raise CrammerError(f"{path}: no such file or directory")
 
 
-def fingerprint(spec: SourceSpec) -> list[dict]:
-    """Identity of a source's inputs (path, size, mtime) so a cache is not reused after they change."""
-    if spec.kind != "file":
-        return []
+def _folder_files(root: Path) -> Iterator[Path]:
+    """Files below `root`, leaving out hidden entries (`.x`: staging folders, VCS data) and prepared corpora,
+    so that an output written inside a source folder is never read back as input."""
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        if is_prepared_corpus(here):
+            dirs.clear()
+            continue
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield from (here / f for f in files if not f.startswith(".") and (here / f).is_file())
+
+
+def _file_fingerprints(files: Iterable[Path]) -> list[dict]:
     out = []
-    for p in expand_files(spec.target):
+    for p in files:
         st = p.stat()
         out.append({"file": str(p.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
     return out
 
 
+def fingerprint(spec: SourceSpec) -> list[dict]:
+    """Identity of a source's inputs, so a cache is not reused after they change: each local file's path,
+    size and mtime; for `pydoc`, the Python version and its topics file. A hub dataset is identified by
+    name, config and split only (its revision is not knowable offline): such a corpus is cached by name,
+    and a newer upload is picked up only by removing the output."""
+    if spec.kind == "file":
+        return _file_fingerprints(expand_files(spec.target))
+    if spec.kind == "pydoc":
+        import pydoc_data.topics
+
+        return [{"python": platform.python_version(), **_file_fingerprints([Path(pydoc_data.topics.__file__)])[0]}]
+    entry = {"hf": spec.target, "config": spec.hf_config, "split": spec.hf_split}
+    local = Path(spec.target)
+    if local.is_dir():  # `datasets` loads a local folder's files: key on them like a file source
+        return [entry, *_file_fingerprints(sorted(_folder_files(local)))]
+    return [{**entry, "cached_by": "name (no hub revision offline; remove the output to refresh)"}]
+
+
 @dataclass
 class ReadStats:
-    """Counts and progress shared by all readers of one run."""
+    """Counts and progress of one pass over the sources; each pass needs its own, since the global
+    `max_docs` cap is checked against `documents_read`."""
 
     documents_read: int = 0
     documents_bad: int = 0
@@ -247,7 +279,10 @@ def _numbered_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
 def _file_docs(path: Path, text_field: str, stats: ReadStats) -> Iterator[tuple[str, object]]:
     """(location, text or _BadRecord) for each record of one file."""
     fmt = Path(path.stem).suffix if path.suffix in COMPRESSIONS else path.suffix
-    raw, stream = _open_binary(path)
+    try:
+        raw, stream = _open_binary(path)
+    except OSError as e:  # unreadable (permissions), or gone since the listing
+        raise CrammerError(f"{path}: cannot open ({e.strerror or e})") from None
     stats._position = raw.tell
     try:
         if fmt == ".parquet":

@@ -100,6 +100,10 @@ def load_tokenizer(name_or_path: str) -> Tokenizer:
     missing = [t for t in SPECIAL_TOKENS.values() if tok.token_to_id(t) is None]
     if missing:
         raise CrammerError(f"--tokenizer {name_or_path}: lacks the BERT special tokens {', '.join(missing)}")
+    # A fine-tuning tokenizer.json often truncates (e.g. at 128) and pads: packing needs whole documents
+    # and no [PAD] inside blocks.
+    tok.no_truncation()
+    tok.no_padding()
     return tok
 
 
