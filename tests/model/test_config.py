@@ -35,6 +35,10 @@ def test_crammed_bert_preset_is_the_paper_recipe():
     assert b.num_hidden_layers == 12 and b.mlm_head_transform
 
 
+def test_original_names_the_exact_bert_architecture():
+    assert make_config("original", 30522).to_dict() == make_config("bert-base", 30522).to_dict()
+
+
 def test_overrides_are_typed():
     c = make_config("tiny", 100, ["num_hidden_layers=3", "use_bias=true", "hidden_dropout_prob=0.1",
                                   "position_embedding=rotary", "pad_token_id=none", "max_position_embeddings=2e2"])

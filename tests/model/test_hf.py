@@ -142,8 +142,8 @@ def test_fill_mask_pipeline_runs(tokenizer, tmp_path):
     torch.manual_seed(0)
     config = make_config("tiny", len(tokenizer), [f"pad_token_id={tokenizer.pad_token_id}"])
     model = CrammedBertForMaskedLM(config).eval()
-    model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path, tokenizer=tokenizer)  # one folder: weights, code and tokenizer
+    assert {"model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in tmp_path.iterdir()}
     fill = pipeline("fill-mask", model=str(tmp_path), top_k=3)
     predictions = fill("the history of the [MASK] is long.")
     assert len(predictions) == 3

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import BertForMaskedLM, BertForSequenceClassification
 
 from crammer.model import (
     CrammedBertForMaskedLM,
@@ -48,6 +51,25 @@ def test_shapes_and_dtypes(arch):
     assert hidden.shape == (3, 12, 128)
     loss, logits = model(ids, labels=ids, return_dict=False)
     assert logits.shape == (3, 12, VOCAB) and loss.ndim == 0
+
+
+def test_forward_takes_hugging_face_berts_positional_order():
+    """input_ids, attention_mask, token_type_ids, as in BertForMaskedLM (labels used to be the third)."""
+    model = CrammedBertForMaskedLM(tiny(*ARCHITECTURES["original"])).eval()  # token types change the output
+    ids = batch()
+    mask = torch.ones_like(ids)
+    mask[0, 8:] = 0
+    types = torch.ones_like(ids)
+    out = model(ids, mask, types)
+    assert out.loss is None
+    torch.testing.assert_close(out.logits, model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits)
+    for ours, theirs in ((CrammedBertForMaskedLM, BertForMaskedLM),
+                         (CrammedBertForSequenceClassification, BertForSequenceClassification)):
+        params = inspect.signature(ours.forward).parameters
+        assert list(params)[:4] == list(inspect.signature(theirs.forward).parameters)[:4]
+        assert all(p.kind is p.KEYWORD_ONLY for p in list(params.values())[4:])  # BERT's 4th is position_ids
+    with pytest.raises(TypeError):
+        model(ids, mask, types, ids)
 
 
 def test_bfloat16_model_runs_and_loss_is_float32():

@@ -1,4 +1,5 @@
 """The crammed BERT model: Hugging Face classes, presets, conversion from BERT, parameter/FLOP counts.
+`model.save_pretrained(directory, tokenizer=tok)` writes one folder holding both.
 
 Importing this package registers the classes with transformers' Auto* classes (`model_type="crammed_bert"`)
 and marks them for `trust_remote_code` export: `save_pretrained` copies the configuration and modeling

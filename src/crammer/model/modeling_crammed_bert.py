@@ -225,6 +225,14 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
         if isinstance(module, ScaledSinusoidalPositions):
             init.constant_(module.scale, module.dim**-0.5)
 
+    def save_pretrained(self, save_directory, *args, tokenizer=None, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus `tokenizer`'s files when one is given: the folder then
+        loads whole with `AutoTokenizer` and `pipeline(..., model=folder)`. Not atomic by itself (use
+        `crammer.io.atomic_dir` for an all-or-nothing folder)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(save_directory))
+
 
 class CrammedBertModel(CrammedBertPreTrainedModel):
     """The encoder: embeddings, a stack of blocks and (for pre-LN) a final LayerNorm."""
@@ -307,12 +315,16 @@ class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
         labels: torch.Tensor | None = None,
         masked_positions: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> MaskedLMOutput | tuple[torch.Tensor, ...]:
         """MLM logits and (with `labels`, (B, S), -100 = ignore) the mean cross-entropy.
+
+        The first three arguments are positional in Hugging Face BERT's order; the rest are keyword-only,
+        since BERT's fourth positional argument (`position_ids`) has no counterpart here.
 
         `masked_positions` (B, M) selects the positions to predict in each row; logits are then (B, M, V)
         and the loss covers the B*M labels gathered at those positions (rows with fewer masks can pad with
@@ -351,9 +363,11 @@ class CrammedBertForSequenceClassification(CrammedBertPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        *,
         labels: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> SequenceClassifierOutput | tuple[torch.Tensor, ...]:
+        """Logits and (with `labels`) the loss; arguments after the first three are keyword-only, as for MLM."""
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
         logits = self.classifier(self.dropout(self.pooler(hidden)))
         loss = None

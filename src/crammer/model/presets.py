@@ -33,6 +33,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 512,
     },
 }
+# The name the docs and `from_hf_bert` use for the exact-BERT configuration.
+MODEL_PRESETS["original"] = MODEL_PRESETS["bert-base"]
 
 # The architecture keys an override may set, with their defaults (whose types drive parsing).
 CONFIG_DEFAULTS: dict[str, Any] = {
