@@ -50,3 +50,32 @@ def test_keeps_newest_k_and_ignores_unfinished_or_truncated(tmp_path):
     (tmp_path / "checkpoints" / "step-00000003" / "state.json").write_text("{")
     assert latest_checkpoint(tmp_path) is None
     assert json.loads((weights.parent / "state.json").read_text())["step"] == 4
+
+
+def test_pruning_counts_only_complete_checkpoints(tmp_path, capsys):
+    """A damaged checkpoint with a higher step (e.g. the one a resumed run passed over) must not push the
+    good ones out: with keep=1 the old rule deleted the checkpoint it had just written."""
+    model, optimizer = trained()
+    save_checkpoint(tmp_path, 3, model, optimizer, {}, {}, keep=2)
+    damaged = tmp_path / "checkpoints" / "step-00000009"
+    damaged.mkdir()
+    (damaged / "model.safetensors").write_bytes(b"partial")  # no state.json
+    save_checkpoint(tmp_path, 4, model, optimizer, {}, {}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
+    assert "removing incomplete checkpoint" in capsys.readouterr().err
+    damaged.mkdir()
+    save_checkpoint(tmp_path, 5, model, optimizer, {}, {}, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000005"]
+    assert latest_checkpoint(tmp_path).name == "step-00000005"
+
+
+def test_saving_removes_what_a_killed_write_left_behind(tmp_path):
+    model, optimizer = trained()
+    save_checkpoint(tmp_path, 1, model, optimizer, {}, {}, keep=3)
+    root = tmp_path / "checkpoints"
+    for stale in (".step-00000002.k3j4_x.tmp", ".step-00000001.old"):  # killed mid-write, killed mid-swap
+        (root / stale).mkdir()
+        (root / stale / "model.safetensors").write_bytes(b"partial")
+    (root / "notes.txt").write_text("not ours")
+    save_checkpoint(tmp_path, 2, model, optimizer, {}, {}, keep=3)
+    assert sorted(p.name for p in root.iterdir()) == ["notes.txt", "step-00000001", "step-00000002"]

@@ -41,6 +41,7 @@ def test_ddp_ranks_read_disjoint_halves_of_the_single_process_batch(corpus):
         whole, halves = next(single), [next(r) for r in ranks]
         assert torch.equal(whole.input_ids, torch.cat([h.input_ids for h in halves]))
         assert torch.equal(whole.masked_positions, torch.cat([h.masked_positions for h in halves]))
+        assert torch.equal(whole.labels, torch.cat([h.labels for h in halves]))
     for s in (single, *ranks):
         s.close()
 

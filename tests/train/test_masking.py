@@ -56,3 +56,12 @@ def test_same_generator_seed_same_masks():
     b = make(fraction=0.15)(tokens, torch.Generator().manual_seed(7))
     assert a.masked_positions.shape == (4, 10)
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.masked_positions, b.masked_positions)
+
+
+def test_a_share_of_a_batch_is_masked_as_the_whole_batch_masks_it():
+    """What lets a DDP rank read and mask only its rows and still match the single-process run."""
+    tokens = torch.randint(5, 1000, (6, 64))
+    whole = make()(tokens, torch.Generator().manual_seed(3))
+    shares = [make()(tokens[i : i + 2], torch.Generator().manual_seed(3), first_row=i, batch_rows=6) for i in (0, 2, 4)]
+    for field in ("input_ids", "labels", "masked_positions"):
+        assert torch.equal(getattr(whole, field), torch.cat([getattr(s, field) for s in shares]))

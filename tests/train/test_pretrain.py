@@ -1,4 +1,7 @@
+import dataclasses
 import json
+import re
+import signal
 import types
 
 import pytest
@@ -6,11 +9,15 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from crammer.cli import main
+from crammer.data import PackedCorpus
 from crammer.errors import CrammerError
+from crammer.model import make_config, training_flops_per_token
+from crammer.train.checkpoint import list_checkpoints
 from crammer.train.config import ScheduleConfig
 from crammer.train import loop
 from crammer.train.loop import Pretrainer, pretrain
 from crammer.train.schedules import lr_multiplier
+from crammer.train.step import check_corpus_fits_model
 from tests.train.conftest import metrics, tiny
 
 
@@ -156,3 +163,105 @@ def test_a_failed_setup_stops_the_prefetch_thread(corpus, tmp_path, monkeypatch)
     with pytest.raises(CrammerError, match="metrics: cannot start"):
         Pretrainer(tiny(), corpus, tmp_path / "run")
     assert not [t for t in threading.enumerate() if t.name == "crammer-loader" and t.is_alive()]
+
+
+def test_a_corpus_longer_than_the_model_positions_fails_before_set_up(corpus, tmp_path, capsys):
+    """The 64-token corpus and a 32-position model: one line naming the folder and the override, and
+    nothing written, instead of a ValueError from inside the first forward pass."""
+    expected = (f"{corpus}: corpus sequences of 64 tokens exceed the 'tiny' model's max_position_embeddings=32; "
+                "pass model.max_position_embeddings=64")
+    with pytest.raises(CrammerError, match=re.escape(expected)):
+        Pretrainer(tiny(["model.max_position_embeddings=32"]), corpus, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert main(["pretrain", "--data", str(corpus), "--out", str(tmp_path / "run"), "--preset", "tiny",
+                 "--budget", "5s", "model.max_position_embeddings=32"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    check_corpus_fits_model(tiny(["model.max_position_embeddings=64"]), PackedCorpus(corpus))  # exactly fits
+
+
+def test_gradscaler_back_offs_do_not_trip_the_nan_guard(corpus, tmp_path):
+    """fp16 with an initial loss scale far too large: GradScaler backs off for several steps with finite
+    losses; the guard (2 in a row, no rollback) must let it."""
+    cfg = tiny(["precision=fp16", "batch.target=8", "guard.max_nonfinite_in_a_row=2", "guard.max_rollbacks=0"],
+               tokens=64 * 8 * 20)
+    trainer = Pretrainer(cfg, corpus, tmp_path / "run")
+    trainer.train_step.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+    trainer.run()
+    records = metrics(tmp_path / "run")
+    assert records[0]["grad_norm"] is None and records[-1]["grad_norm"] is not None  # backed off, then found a scale
+    assert all(r["nonfinite_total"] == 0 and r["loss"] is not None for r in records)
+
+
+def test_resuming_a_finished_run_leaves_it_alone(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(corpus), "--out", str(run), "--preset", "tiny", "--budget-tokens", "5120"]
+    assert main(args) == 0
+    summary = (run / "final" / "pretraining.json").read_text()
+    weights = (run / "final" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(run / "final") and err == f"cram: {run} already finished; the final model is in {run / 'final'}\n"
+    assert (run / "final" / "pretraining.json").read_text() == summary
+    assert (run / "final" / "model.safetensors").stat().st_mtime_ns == weights
+    assert main([*args, "--resume", "optim.lr=1e-2"]) == 2  # a different recipe is still refused
+    assert "different config (optim)" in capsys.readouterr().err
+
+
+def test_time_based_checkpoints_follow_the_clock_but_skip_the_deadline(corpus, tmp_path, monkeypatch):
+    """checkpoint.every_seconds=5 on a 10 s budget, one second per step: a checkpoint after step 5; the one
+    falling due at the deadline is not written, since final/ is saved right after it."""
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
+    cfg = tiny(["batch.target=8", "checkpoint.every_seconds=5", "checkpoint.keep=10"], seconds=10.0)
+    real_step = loop.TrainStep.__call__
+
+    def one_second_step(self, batches, lr):
+        clock["now"] += 1.0
+        return real_step(self, batches, lr)
+
+    monkeypatch.setattr(loop.TrainStep, "__call__", one_second_step)
+    final = Pretrainer(cfg, corpus, tmp_path / "run").run()
+    assert json.loads((final / "pretraining.json").read_text())["steps"] == 10
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000005"]
+
+
+def test_peak_tflops_gives_mfu_without_a_gpu(corpus, tmp_path):
+    pretrain(tiny(["logging.peak_tflops=0.5"], tokens=64 * 8 * 4), corpus, tmp_path / "run")
+    records = metrics(tmp_path / "run")
+    flops_per_token = training_flops_per_token(make_config("tiny", 2000), 64, 0.25)
+    assert records and all(r["mfu"] > 0 for r in records)
+    for r in records:
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * flops_per_token / 0.5e12)
+
+
+def test_auto_sizing_probe_peak_is_not_logged_as_training_peak(monkeypatch):
+    """The micro-batch probe fills the GPU on purpose; cuda_max_allocated_gb must measure training."""
+    calls = []
+    monkeypatch.setattr(loop, "auto_micro_batch", lambda *args: calls.append("size") or 64)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device)))
+    cfg = tiny()
+    gpu = torch.device("cuda", 0)
+    trainer = types.SimpleNamespace(
+        cfg=dataclasses.replace(cfg, batch=dataclasses.replace(cfg.batch, micro_batch=None)),
+        device=gpu, dist=loop.Distributed(device=gpu), model=None, collator=None,
+        corpus=types.SimpleNamespace(seq_len=64), precision="bf16",
+    )
+    assert Pretrainer._choose_micro_batch(trainer) == 64
+    assert calls == ["size", ("reset", gpu)]
+
+
+def test_a_signal_on_a_checkpoint_step_writes_the_stop_checkpoint_once(corpus, tmp_path, monkeypatch):
+    trainer = Pretrainer(tiny(["batch.target=8", "checkpoint.every_steps=3"]), corpus, tmp_path / "run")
+    real_step = loop.TrainStep.__call__
+
+    def signalled_during_step_3(self, batches, lr):
+        if trainer.state["step"] == 2:
+            trainer.signal_received = signal.SIGTERM
+        return real_step(self, batches, lr)
+
+    monkeypatch.setattr(loop.TrainStep, "__call__", signalled_during_step_3)
+    with pytest.raises(loop.TrainingInterrupted, match="stopped by SIGTERM at step 3"):
+        trainer.run()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000003"]
+    assert not (tmp_path / "run" / "final").exists()

@@ -91,3 +91,5 @@ def test_two_process_gloo_run_matches_one_process_with_the_same_global_batch(cor
     assert [r["batch_size"] for r in ddp] == [r["batch_size"] for r in single]
     assert ddp[0]["micro_batch"] == 4 and single[0]["micro_batch"] == 8
     assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in single], rel=2e-3)
+    # each rank holds the global norm: the logged one is that, not a sum over ranks
+    assert [r["grad_norm"] for r in ddp] == pytest.approx([r["grad_norm"] for r in single], rel=2e-3)

@@ -63,3 +63,20 @@ def test_config_overrides_presets_and_budgets():
         make_pretrain_config("tiny", ["batch.ramp=1.5"])
     with pytest.raises(CrammerError, match="pretrain preset"):
         make_pretrain_config("huge")
+
+
+@pytest.mark.parametrize("override", ["optim.betas=0.9,1.0", "optim.betas=-0.1,0.98", "optim.eps=0",
+                                      "optim.eps=-1e-8", "optim.weight_decay=-0.01"])
+def test_bad_optimizer_settings_are_one_line_errors_before_torch_sees_them(override, capsys):
+    from crammer.cli import main
+
+    key = override.split("=")[0]
+    with pytest.raises(CrammerError, match=f"pretrain config {key}=.* is out of range"):
+        make_pretrain_config("tiny", [override])
+    assert main(["pretrain", "--data", "unused", "--out", "unused", "--preset", "tiny", override]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_boundary_optimizer_settings_are_accepted():
+    cfg = make_pretrain_config("tiny", ["optim.betas=0,0.999", "optim.weight_decay=0", "optim.eps=1e-30"])
+    assert cfg.optim.betas == (0.0, 0.999) and cfg.optim.weight_decay == 0.0

@@ -52,8 +52,13 @@ def test_repeated_steps_fit_a_fixed_batch():
 
 def test_accumulating_two_half_batches_equals_one_full_batch():
     (a, opt_a, cfg), (b, opt_b, _) = setup(), setup()
-    full = batches(1, rows=8)[0]
-    halves = [full.rows(0, 4), full.rows(4, 8)]
+    collator = MLMCollator(MaskingConfig(), 500, SPECIAL)
+    tokens = torch.randint(5, 500, (8, 32), generator=torch.Generator().manual_seed(0))
+
+    def share(first, rows):  # rows [first, first + rows) of the 8-row batch, masked as the whole batch would be
+        return collator(tokens[first : first + rows], torch.Generator().manual_seed(1), first, 8)
+
+    full, halves = share(0, 8), [share(0, 4), share(4, 4)]
     out_a = TrainStep(a, opt_a, cfg, "fp32", CPU)([full], 1e-3)
     out_b = TrainStep(b, opt_b, cfg, "fp32", CPU)(halves, 1e-3)
     assert out_a.loss.item() == pytest.approx(out_b.loss.item(), rel=1e-5)
@@ -143,3 +148,22 @@ def test_auto_micro_batch_is_the_largest_fit_evened_to_the_target(monkeypatch):
     assert step.auto_micro_batch(None, None, 128, "bf16", 0.9, target=8192) == 1024
     assert max(probed) > 1080  # it searched past the limit before settling
     assert step.auto_micro_batch(None, None, 128, "bf16", 0.9, target=100) == 100
+
+
+def test_gradscaler_overflow_is_a_back_off_not_a_nonfinite_step():
+    """fp16: a finite loss with overflowed gradients is GradScaler's normal back-off: it skips that
+    update itself, and the loop's NaN guard must not count it."""
+    model, optimizer, cfg = setup()
+    step = TrainStep(model, optimizer, cfg, "fp16", CPU)
+    step.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    before = copy.deepcopy(model.state_dict())
+    out = step(batches(1), 1e-3)
+    assert torch.isfinite(out.loss) and not torch.isfinite(out.grad_norm)
+    assert not out.nonfinite.item()
+    assert step.scaler.get_scale() == 2.0**39
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name])
+    with torch.no_grad():  # a non-finite loss is still flagged under a scaler
+        model.bert.embeddings.word_embeddings.weight[7, 0] = float("nan")
+    out = step(batches(1, seed=1), 1e-3)
+    assert out.nonfinite.item() and not torch.isfinite(out.loss)

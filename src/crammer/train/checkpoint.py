@@ -1,4 +1,4 @@
-"""Checkpoints that survive crashes: atomic folders, verified before use, newest K kept.
+"""Checkpoints that survive crashes: atomic folders, verified before use, the newest K complete ones kept.
 
 A checkpoint is `RUN_DIR/checkpoints/step-NNNNNNNN/` with
 - `model.safetensors`: weights (tied tensors stored once),
@@ -24,7 +24,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from crammer.errors import CrammerError
-from crammer.io import atomic_dir, atomic_write_json, read_json
+from crammer.io import atomic_dir, atomic_write_json, read_json, remove_stale_temps
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -48,16 +48,33 @@ def save_checkpoint(
     run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any],
     state: dict[str, Any], keep: int,
 ) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep`."""
+    """Write checkpoint `step` atomically, then keep only it and the newest `keep` complete ones."""
     path = Path(run_dir) / CHECKPOINT_DIR / f"step-{step:08d}"
+    remove_stale_temps(Path(run_dir) / CHECKPOINT_DIR, r"step-\d+")  # first: a killed write's gigabytes
     with atomic_dir(path) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state(), **trainer_state}, tmp / "trainer.pt")
         files = {name: (tmp / name).stat().st_size for name in ("model.safetensors", "trainer.pt")}
         atomic_write_json(tmp / STATE_FILE, {**state, "step": step, "files": files})
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(run_dir, keep, written=path)
     return path
+
+
+def prune_checkpoints(run_dir: Path, keep: int, written: Path) -> None:
+    """Delete every checkpoint but `written` and the newest `keep` complete ones.
+
+    Only complete checkpoints count: a damaged newer one (which can never be resumed from) must not
+    push good ones out. Damaged ones are deleted too, with a line on stderr.
+    """
+    checkpoints = list_checkpoints(run_dir)
+    complete = [path for path in checkpoints if checkpoint_problem(path) is None]
+    kept = {*complete[-keep:], written}
+    for path in checkpoints:
+        if path in kept:
+            continue
+        if path not in complete:
+            print(f"cram: removing incomplete checkpoint {path} ({checkpoint_problem(path)})", file=sys.stderr)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -64,14 +64,14 @@ class BatchStream:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.corpus))
 
     def make_batch(self, k: int, epoch_order: np.ndarray | None = None) -> MaskedBatch:
-        """This rank's share of global micro-batch k (a pure function of k)."""
+        """This rank's share of global micro-batch k (a pure function of k); only that share is read and masked."""
         epoch, j = divmod(k, self.batches_per_epoch)
         if epoch_order is None:
             epoch_order = self._epoch_order(epoch)
-        indices = epoch_order[j * self.global_batch : (j + 1) * self.global_batch]
-        tokens = torch.from_numpy(self.corpus.get_batch(indices))
-        batch = self.collator(tokens, torch.Generator().manual_seed(self.seed * 1_000_003 + k))
-        batch = batch.rows(self.rank * self.micro_batch, (self.rank + 1) * self.micro_batch)
+        first = j * self.global_batch + self.rank * self.micro_batch
+        tokens = torch.from_numpy(self.corpus.get_batch(epoch_order[first : first + self.micro_batch]))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        batch = self.collator(tokens, generator, first_row=self.rank * self.micro_batch, batch_rows=self.global_batch)
         return batch.pin_memory() if self.pin_memory else batch
 
     def _produce(self, k: int) -> None:

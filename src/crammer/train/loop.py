@@ -42,6 +42,7 @@ from crammer.train.step import (
     TrainStep,
     auto_micro_batch,
     build_model_and_optimizer,
+    check_corpus_fits_model,
     configure_backends,
     resolve_precision,
     should_compile,
@@ -49,6 +50,7 @@ from crammer.train.step import (
 
 CONFIG_FILE = "pretrain_config.json"
 FINAL_DIR = "final"
+SUMMARY_FILE = "pretraining.json"  # written last into final/: its presence means the run finished
 # Sections that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"checkpoint", "logging", "data"}
 
@@ -140,6 +142,7 @@ class Pretrainer:
         self.dist = Distributed.from_env()
         self.device = self.dist.device
         self.corpus = PackedCorpus(data_dir)
+        check_corpus_fits_model(cfg, self.corpus)
         self.checkpoint_path = self._check_run_dir(resume)
 
         configure_backends(cfg.tf32)
@@ -202,13 +205,8 @@ class Pretrainer:
         if not resume:
             if checkpoint or (self.run_dir / FINAL_DIR).exists():
                 raise CrammerError(f"{self.run_dir} already holds a run; pass --resume or choose another --out")
-        elif config_path.is_file():
-            saved = read_json(config_path)
-            current = to_dict(self.cfg)
-            changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
-            if changed:
-                raise CrammerError(f"{config_path}: --resume with a different config ({', '.join(changed)}); "
-                                   "use the original settings or a new --out")
+        else:
+            check_same_recipe(self.run_dir, self.cfg)
         if self.dist.is_main:
             atomic_write_json(config_path, {**to_dict(self.cfg), "config_hash": config_hash(self.cfg)})
         if resume and checkpoint is None and self.dist.is_main:
@@ -223,6 +221,7 @@ class Pretrainer:
         target = max(1, self.cfg.batch.target // self.dist.world_size)
         micro_batch = auto_micro_batch(self.model, self.collator, self.corpus.seq_len, self.precision,
                                        self.cfg.batch.memory_fraction, target)
+        torch.cuda.reset_peak_memory_stats(self.device)  # logged peaks are training's, not the sizing probe's
         if self.dist.world_size > 1:  # every rank must use the same size: take the smallest
             size = torch.tensor([micro_batch], device=self.device)
             dist.all_reduce(size, op=dist.ReduceOp.MIN)
@@ -262,7 +261,7 @@ class Pretrainer:
         self.micro_batch_seconds: float | None = None
         pending: PendingStep | None = None
         try:
-            while not self.budget_spent() and not self._stop_requested():
+            while not self._ending():
                 pending_now = self._one_step()
                 if pending is not None:
                     self._finish(pending)
@@ -270,7 +269,8 @@ class Pretrainer:
                 if self._checkpoint_due():
                     self._finish(pending)
                     pending = None
-                    self.save_checkpoint()
+                    if not self._ending():  # else final/ or the stop checkpoint is written next anyway
+                        self.save_checkpoint()
             if pending is not None:
                 self._finish(pending)
             if self._stop_requested():
@@ -337,8 +337,9 @@ class Pretrainer:
         """Read a step's results (waiting only for that step), apply the guard, log."""
         if pending.event is not None:
             pending.event.synchronize()
-        loss_sum, nonfinite, elapsed, votes, grad_norm = pending.packet.tolist()
+        loss_sum, nonfinite, elapsed, votes, grad_norm_sum = pending.packet.tolist()
         world = self.dist.world_size
+        grad_norm = grad_norm_sum / world  # every rank holds the same global norm
         self.shared_elapsed = elapsed
         if votes > 0:
             self.agreed_signal = self.signal_received or signal.SIGTERM
@@ -416,6 +417,9 @@ class Pretrainer:
         # Under DDP a signal counts once it has travelled through a step packet, so all ranks agree.
         return (self.signal_received if self.dist.world_size == 1 else self.agreed_signal) is not None
 
+    def _ending(self) -> bool:
+        return self.budget_spent() or self._stop_requested()
+
     def _checkpoint_due(self) -> bool:
         ck = self.cfg.checkpoint
         if ck.every_steps and self.state["step"] % ck.every_steps == 0:
@@ -440,9 +444,8 @@ class Pretrainer:
         final = self.run_dir / FINAL_DIR
         if self.dist.is_main:
             with atomic_dir(final) as tmp:
-                self.model.save_pretrained(tmp)
-                self.corpus.tokenizer().save_pretrained(str(tmp))
-                atomic_write_json(tmp / "pretraining.json", {
+                self.model.save_pretrained(tmp, tokenizer=self.corpus.tokenizer())
+                atomic_write_json(tmp / SUMMARY_FILE, {
                     "steps": self.state["step"], "tokens": self.state["tokens"], "elapsed_s": self.elapsed(),
                     "nonfinite_steps": self.guard.total, "rollbacks": self.guard.rollbacks,
                     "parameters": count_parameters(self.model), "micro_batch": self.micro_batch,
@@ -456,7 +459,29 @@ class Pretrainer:
         return final
 
 
+def check_same_recipe(run_dir: Path, cfg: PretrainConfig) -> None:
+    """--resume may change only RESUMABLE_CHANGES: anything else would make a different run."""
+    config_path = Path(run_dir) / CONFIG_FILE
+    if not config_path.is_file():
+        return
+    saved = read_json(config_path)
+    current = to_dict(cfg)
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if changed:
+        raise CrammerError(f"{config_path}: --resume with a different config ({', '.join(changed)}); "
+                           "use the original settings or a new --out")
+
+
 def pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False) -> Path:
-    """Pretrain within the budget; return RUN_DIR/final. Raises TrainingInterrupted on SIGTERM/SIGINT."""
+    """Pretrain within the budget; return RUN_DIR/final. Raises TrainingInterrupted on SIGTERM/SIGINT.
+
+    Resuming a finished run returns its final/ untouched: training again would overwrite it.
+    """
+    final = Path(out_dir) / FINAL_DIR
+    if resume and (final / SUMMARY_FILE).is_file():
+        check_same_recipe(Path(out_dir), cfg.validate())
+        if os.environ.get("RANK", "0") == "0":
+            print(f"cram: {out_dir} already finished; the final model is in {final}", file=sys.stderr)
+        return final
     return Pretrainer(cfg, data_dir, out_dir, resume).run()
 

@@ -35,11 +35,6 @@ class MaskedBatch:
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
         return MaskedBatch(pin(self.input_ids), pin(self.labels), pin(self.masked_positions), pin(self.attention_mask))
 
-    def rows(self, start: int, stop: int) -> "MaskedBatch":
-        """Rows [start, stop): one DDP rank's share of a global micro-batch."""
-        cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
-        return MaskedBatch(cut(self.input_ids), cut(self.labels), cut(self.masked_positions), cut(self.attention_mask))
-
 
 def num_masked(seq_len: int, fraction: float) -> int:
     return max(1, round(fraction * seq_len))
@@ -57,25 +52,31 @@ class MLMCollator:
         self.is_special = special
         self.ordinary_ids = torch.nonzero(~special).squeeze(1)
 
-    def __call__(self, tokens: torch.Tensor, generator: torch.Generator) -> MaskedBatch:
+    def __call__(self, tokens: torch.Tensor, generator: torch.Generator, first_row: int = 0,
+                 batch_rows: int | None = None) -> MaskedBatch:
+        """Mask `tokens`, rows [first_row, first_row + len(tokens)) of a batch of `batch_rows` rows (default:
+        the whole batch). The random numbers are drawn for the whole batch and sliced, so a DDP rank masks
+        its share exactly as one process masks the whole, without reading or masking the other shares."""
         tokens = tokens.long()
         batch, seq_len = tokens.shape
+        batch_rows = batch if batch_rows is None else batch_rows
+        share = slice(first_row, first_row + batch)
         m = num_masked(seq_len, self.cfg.fraction)
         special = self.is_special[tokens]
         # Random scores; special positions get a score above every ordinary one, so they are picked last.
-        scores = torch.rand(batch, seq_len, generator=generator) + special.float()
+        scores = torch.rand(batch_rows, seq_len, generator=generator)[share] + special.float()
         positions = scores.topk(m, dim=1, largest=False).indices.sort(dim=1).values
         chosen_ordinary = ~special.gather(1, positions)
 
         labels = torch.full_like(tokens, -100)
         labels.scatter_(1, positions, torch.where(chosen_ordinary, tokens.gather(1, positions), -100))
 
-        action = torch.rand(batch, m, generator=generator)
+        action = torch.rand(batch_rows, m, generator=generator)[share]
         to_mask = chosen_ordinary & (action < self.cfg.replace_mask)
         to_random = chosen_ordinary & (action >= self.cfg.replace_mask) & (
             action < self.cfg.replace_mask + self.cfg.replace_random
         )
-        random_ids = self.ordinary_ids[torch.randint(len(self.ordinary_ids), (batch, m), generator=generator)]
+        random_ids = self.ordinary_ids[torch.randint(len(self.ordinary_ids), (batch_rows, m), generator=generator)[share]]
         current = tokens.gather(1, positions)
         new = torch.where(to_mask, self.mask_id, torch.where(to_random, random_ids, current))
         input_ids = tokens.clone().scatter_(1, positions, new)

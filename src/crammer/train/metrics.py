@@ -20,21 +20,26 @@ from crammer.train.config import LoggingConfig
 
 METRICS_FILE = "metrics.jsonl"
 
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) by GPU name; the first matching key wins.
+# Dense tensor-core peaks (FLOP/s) of what autocast runs: bf16, or fp16 with fp32 accumulation where
+# there is no bf16 (Volta, Turing); GeForce cards accumulate in fp32 at half their fp16-accumulate rate.
+# Looked up by substring of the GPU name, longest key first ("L40S" before "L40" before "L4").
 PEAK_FLOPS = {
+    "GH200": 989e12,
     "H200": 989e12,
+    "H100 NVL": 835e12,
     "H100 PCIe": 756e12,
     "H100": 989e12,
-    "GH200": 989e12,
     "A100": 312e12,
     "A6000": 155e12,
+    "A4000": 76.7e12,
     "L40S": 362e12,
+    "L40": 181e12,
     "L4": 121e12,
     "A10": 125e12,
-    "4090": 165e12,
+    "4090": 165.2e12,
     "3090": 71e12,
-    "3060 Ti": 65e12,
-    "2080 Ti": 108e12,
+    "3060 Ti": 32.4e12,
+    "2080 Ti": 53.8e12,
     "V100": 125e12,
     "T4": 65e12,
 }
@@ -47,11 +52,15 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> float | N
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+    return next((PEAK_FLOPS[key] for key in sorted(PEAK_FLOPS, key=len, reverse=True) if key in name), None)
 
 
 class GpuMonitor:
-    """NVML readings for one GPU; an empty dict where NVML is unavailable (CPU runs)."""
+    """NVML readings for one GPU; an empty dict where NVML is unavailable (CPU runs).
+
+    The GPU is found by UUID: NVML numbers all physical GPUs, CUDA only the visible ones
+    (CUDA_VISIBLE_DEVICES=2 makes physical GPU 2 CUDA's device 0).
+    """
 
     def __init__(self, device: torch.device):
         self.handle = None
@@ -61,8 +70,8 @@ class GpuMonitor:
             import pynvml
 
             pynvml.nvmlInit()
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = str(torch.cuda.get_device_properties(device).uuid)  # NVML spells it "GPU-" + this
+            self.handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
             self.nvml = pynvml
         except Exception:  # no driver library, or a GPU that NVML cannot see: run on without stats
             self.handle = None

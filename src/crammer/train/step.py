@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +17,9 @@ from crammer.errors import CrammerError
 from crammer.model import CrammedBertForMaskedLM, make_config
 from crammer.train.config import OptimConfig, PretrainConfig
 from crammer.train.masking import MaskedBatch, MLMCollator
+
+if TYPE_CHECKING:
+    from crammer.data import PackedCorpus
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -57,6 +60,17 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     )
 
 
+def check_corpus_fits_model(cfg: PretrainConfig, corpus: PackedCorpus) -> None:
+    """Fail before any set-up when the corpus's blocks are longer than the model's positions allow
+    (otherwise the first forward pass fails, after minutes of compiling on a GPU)."""
+    max_positions = make_config(cfg.model, corpus.vocab_size, cfg.model_overrides).max_position_embeddings
+    if corpus.seq_len > max_positions:
+        raise CrammerError(
+            f"{corpus.path}: corpus sequences of {corpus.seq_len} tokens exceed the {cfg.model!r} model's "
+            f"max_position_embeddings={max_positions}; pass model.max_position_embeddings={corpus.seq_len} "
+            f"or prepare the corpus with --seq-len {max_positions}")
+
+
 def build_model_and_optimizer(
     cfg: PretrainConfig, vocab_size: int, device: torch.device
 ) -> tuple[CrammedBertForMaskedLM, torch.optim.AdamW]:
@@ -73,7 +87,10 @@ class StepOutput:
 
     loss: torch.Tensor  # mean MLM loss over the step's micro-batches
     grad_norm: torch.Tensor  # global grad norm before clipping
-    nonfinite: torch.Tensor  # bool: the update was skipped because loss or gradients were not finite
+    # bool, what the loop's NaN guard counts: the loss (or, without a GradScaler, the gradients) was not
+    # finite and the update was skipped. A GradScaler also skips updates whose gradients overflowed, but
+    # those are not flagged: backing off is how it finds its scale, not a sign of divergence.
+    nonfinite: torch.Tensor
 
 
 class TrainStep:
@@ -117,16 +134,18 @@ class TrainStep:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        nonfinite = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm)
-        if self.scaler:  # the scaler skips steps with inf/nan gradients itself
+        if self.scaler:  # it skips updates with inf/nan gradients itself; an overflow only lowers its scale
+            nonfinite = ~torch.isfinite(loss_sum)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        elif self.fused:
-            self.optimizer.found_inf = nonfinite.float()
-            self.optimizer.step()
-            del self.optimizer.found_inf
-        elif not bool(nonfinite):  # unfused AdamW has no device-side skip: one host sync per step
-            self.optimizer.step()
+        else:
+            nonfinite = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm)
+            if self.fused:
+                self.optimizer.found_inf = nonfinite.float()
+                self.optimizer.step()
+                del self.optimizer.found_inf
+            elif not bool(nonfinite):  # unfused AdamW has no device-side skip: one host sync per step
+                self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepOutput(loss_sum / len(batches), grad_norm.detach(), nonfinite)
 
