@@ -53,3 +53,19 @@ def write_tsv(path: Path, header: list[str] | None, rows: list[list[str]], bom: 
     lines = (["\t".join(header)] if header else []) + ["\t".join(r) for r in rows]
     path.write_text(("\ufeff" if bom else "") + "\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def fake_trials(monkeypatch) -> list[dict]:
+    """Replaces fine-tuning with an instant stand-in, for tests of what happens around the trials:
+    returns the list of calls (model, task, train and eval data, config, seed) as they are made."""
+    import crammer.eval.glue as glue
+
+    calls: list[dict] = []
+
+    def run_trial(model, task, train, evals, pad_id, cfg, seed, device, desc=""):
+        calls.append({"model": model, "task": task.name, "train": train, "evals": evals, "cfg": cfg, "seed": seed})
+        return {"metrics": {key: 50.0 for _, key in task.glue_numbers}, "seed": seed, "train_seconds": 0.0}
+
+    monkeypatch.setattr(glue, "run_trial", run_trial)
+    return calls

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crammer.errors import CrammerError
-from crammer.eval.config import make_glue_config
+from crammer.eval.config import GlueConfig, make_glue_config
 from crammer.eval.tasks import ALL_TASKS
 
 
@@ -33,6 +33,40 @@ def test_overrides_are_typed_and_checked():
                          ("max_eval_examples=-1", "max_train_examples / max_eval_examples")]:
         with pytest.raises(CrammerError, match=message):
             make_glue_config("sane", [bad])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("lr=0", "lr must be a positive number, got 0.0"), ("lr=-1e-5", "lr must be a positive number"),
+    ("lr=nan", "lr must be a positive number"), ("weight_decay=-0.1", "weight_decay must be >= 0"),
+    ("batch_size=0", "batch_size must be >= 1"), ("epochs=0", "epochs must be >= 1"),
+    ("warmup_fraction=-0.1", r"warmup_fraction must be in \[0, 1\)"), ("dropout=1", r"dropout must be in \[0, 1\)"),
+    ("dropout=-0.1", "dropout must be in"), ("seed=-1", "seed must be in 0.."), ("max_length=0", "max_length"),
+])
+def test_nonsense_values_are_refused_up_front(bad, message):
+    with pytest.raises(CrammerError, match=message):
+        make_glue_config("full", [bad])
+
+
+def test_a_config_built_in_code_is_checked_too():
+    """`cram run` validates its GLUE settings by building the config: no check may wait for the run."""
+    with pytest.raises(CrammerError, match="lr must be a positive number"):
+        GlueConfig(lr=-1.0)
+    with pytest.raises(CrammerError, match="schedule must be one of cosine, linear, got 'step'"):
+        GlueConfig(schedule="step")
+    with pytest.raises(CrammerError, match="precision must be one of"):
+        GlueConfig(precision="fp16")
+
+
+def test_protocol_is_not_an_override():
+    """`protocol=full` would relabel the results as `full` while keeping the `sane` hyper-parameters."""
+    with pytest.raises(CrammerError, match="protocol is not an override.*cram glue --protocol full"):
+        make_glue_config("sane", ["protocol=full"])
+    assert make_glue_config("full").protocol == "full"
+
+
+def test_compile_defaults_to_auto():
+    assert make_glue_config("sane").compile is None  # on for CUDA, off on CPU (as pretraining decides)
+    assert make_glue_config("sane", ["compile=false"]).compile is False
 
 
 def test_trial_key_tracks_the_recipe_only():

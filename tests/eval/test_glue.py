@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import statistics
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from crammer.cli import main
 from crammer.errors import CrammerError
+from crammer.eval.cli import _slug
 from crammer.eval.config import make_glue_config
 from crammer.eval.glue import evaluate_glue
 from tests.eval.conftest import write_tsv
@@ -123,6 +125,8 @@ def test_cli(tiny_bert, glue_dir, tmp_path, capsys):
     (["--tasks", "rte,sst5"], "unknown GLUE task 'sst5'"),
     (["--protocol", "sane", "lr=abc"], "lr: expected a number"),
     (["device=tpu"], "device='tpu' is not a torch device"),
+    (["lr=0"], "lr must be a positive number"),
+    (["protocol=full"], "protocol is not an override"),
 ])
 def test_cli_errors_are_one_line(tiny_bert, glue_dir, tmp_path, capsys, argv, message):
     code = main(["glue", "--model", str(tiny_bert), "--glue-dir", str(glue_dir), "--out", str(tmp_path / "o"), *argv])
@@ -130,12 +134,13 @@ def test_cli_errors_are_one_line(tiny_bert, glue_dir, tmp_path, capsys, argv, me
     assert code == 2 and len(err) == 1 and message in err[0]
 
 
-def test_not_a_model(tmp_path, glue_dir, capsys):
+def test_not_a_model(tiny_bert, tmp_path, glue_dir, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
+    (tmp_path / "broken" / "model.safetensors").write_bytes((tiny_bert / "model.safetensors").read_bytes())
     for model, message in [(tmp_path / "empty", "not a model folder (no config.json)"),
-                           (tmp_path / "missing", "no such folder"),
+                           (tmp_path / "missing", f"no such model folder: {tmp_path / 'missing'}"),
                            (tmp_path / "broken", "cannot load its tokenizer")]:
         code = main(["glue", "--model", str(model), "--tasks", "rte", "--glue-dir", str(glue_dir),
                      "--out", str(tmp_path / "o")])
@@ -143,23 +148,109 @@ def test_not_a_model(tmp_path, glue_dir, capsys):
         assert code == 2 and len(err) == 1 and message in err[0], err
 
 
-def test_model_without_weights_is_a_clear_error(tiny_bert, glue_dir, tmp_path):
+def test_model_without_weights_is_refused_before_any_work(tiny_bert, glue_dir, tmp_path, fake_trials):
     folder = tmp_path / "no-weights"
     folder.mkdir()
     for f in Path(tiny_bert).iterdir():
         if not f.name.endswith(".safetensors"):
             (folder / f.name).write_bytes(f.read_bytes())
-    with pytest.raises(CrammerError, match=r"cannot load it for sequence classification"):
+    with pytest.raises(CrammerError, match=r"no-weights: no weights in the folder \(expected one of model.safetensors"):
         _run(folder, tmp_path / "out", [f"glue_dir={glue_dir}", "tasks=rte", "trials=1"])
+    assert not (tmp_path / "out").exists() and not fake_trials
+
+
+def test_max_length_beyond_the_position_table_is_refused_up_front(tiny_bert, glue_dir, tmp_path, capsys,
+                                                                 fake_trials):
+    """It used to fail mid-training, at the first batch longer than 128 tokens, with a deep traceback."""
+    code = main(["glue", "--model", str(tiny_bert), "--tasks", "rte", "--glue-dir", str(glue_dir), "--out",
+                 str(tmp_path / "o"), "max_length=512"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and not fake_trials and not (tmp_path / "o").exists()
+    assert "max_length=512 exceeds max_position_embeddings=128 of --model" in err[0]
+
+
+def test_inputs_are_truncated_to_max_length(tiny_bert, glue_dir, tmp_path, fake_trials):
+    _run(tiny_bert, tmp_path / "out", [f"glue_dir={glue_dir}", "tasks=rte", "trials=1", "max_length=24"])
+    (call,) = fake_trials
+    assert call["cfg"].max_length == 24
+    for data in (call["train"], *call["evals"].values()):
+        assert max(data.lengths) == 24  # RTE's premises are longer: every split is cut
+        assert all(ids[-1] == data.input_ids[0][-1] for ids in data.input_ids if len(ids) == 24)  # ends with [SEP]
+
+
+def test_missing_task_data_is_reported_before_the_first_trial(tiny_bert, glue_dir, tmp_path, fake_trials):
+    local = tmp_path / "glue"
+    shutil.copytree(glue_dir / "RTE", local / "RTE")
+    shutil.copytree(glue_dir / "MRPC", local / "MRPC")
+    (local / "MRPC" / "dev.tsv").unlink()
+    with pytest.raises(CrammerError) as error:
+        _run(tiny_bert, tmp_path / "out", [f"glue_dir={local}", "tasks=rte,mrpc,cola", "trials=1"])
+    assert str(error.value) == (f"--glue-dir {local}: no data for mrpc, cola ({local / 'MRPC' / 'dev.tsv'}, "
+                                f"{local / 'CoLA'} not found); leave those tasks out of --tasks")
+    assert not fake_trials and not (tmp_path / "out").exists()
+    _run(tiny_bert, tmp_path / "out", [f"glue_dir={local}", "tasks=rte", "trials=1"])  # what `cram run` does
+    assert [c["task"] for c in fake_trials] == ["rte"]
+    # a task whose trials are all done needs no data
+    shutil.rmtree(local / "RTE")
+    _run(tiny_bert, tmp_path / "out", [f"glue_dir={local}", "tasks=rte", "trials=1"])
+    assert len(fake_trials) == 1
+
+
+def test_resume_keys_on_the_model_folder_and_its_files(tiny_bert, glue_dir, tmp_path, monkeypatch, fake_trials):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_bert, tmp_path / "runs/x/final")
+    args = ["glue", "--tasks", "rte", "--glue-dir", str(glue_dir), "--trials", "1", "--out", "o"]
+    for spelling in ("runs/x/final", "runs/x/final/", "./runs/x/final", str(tmp_path / "runs/x/final")):
+        assert main([*args, "--model", spelling]) == 0
+    assert len(fake_trials) == 1  # the other spellings resumed the finished trial
+
+    # the same folder, retrained: its trials are stale
+    weights = tmp_path / "runs/x/final/model.safetensors"
+    weights.write_bytes(weights.read_bytes())
+    with pytest.raises(CrammerError, match="trial-0.json: made with another model or recipe"):
+        evaluate_glue("runs/x/final", make_glue_config("sane", ["tasks=rte", "trials=1", f"glue_dir={glue_dir}"]),
+                      "o", log=lambda m: None)
+
+
+def test_default_out_names_the_models_folder(tiny_bert, glue_dir, tmp_path, monkeypatch, capsys, fake_trials):
+    """Two models saved as `.../final` get their own results folders (the second used to be refused)."""
+    monkeypatch.chdir(tmp_path)
+    for run in ("demo", "other"):
+        shutil.copytree(tiny_bert, tmp_path / f"runs/{run}/pretrain/final")
+        assert main(["glue", "--model", f"runs/{run}/pretrain/final/", "--tasks", "rte", "--glue-dir", str(glue_dir),
+                     "--trials", "1", "--protocol", "full"]) == 0
+        assert f"runs/glue/{run}-pretrain-final-full/results.md" in capsys.readouterr().out
+    assert _slug("google/electra-small-discriminator") == "google-electra-small-discriminator"
+    assert _slug("bert-base-uncased") == "bert-base-uncased"
 
 
 @pytest.mark.slow
-def test_compiled_model_matches_eager(tiny_bert, glue_dir, tmp_path):
-    """`compile=true` (torch.compile, dynamic shapes) trains the same model; ~60 s of compiling on 2 CPU cores."""
-    common = [f"glue_dir={glue_dir}", "tasks=rte", "trials=1", "max_train_examples=32", "max_eval_examples=16",
-              "dropout=0"]
+def test_compiled_model_matches_eager(tiny_bert, glue_dir, tmp_path, monkeypatch):
+    """`compile=true` trains the same model, with one graph for training and one for scoring however many
+    batch lengths there are (not a recompile per length); ~40 s of compiling on 2 CPU cores."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    import crammer.eval.finetune as finetune
+
+    shapes = set()
+    collate = finetune.collate
+
+    def recording_collate(*args):
+        batch = collate(*args)
+        shapes.add(batch["input_ids"].shape)
+        return batch
+
+    monkeypatch.setattr(finetune, "collate", recording_collate)
+    common = [f"glue_dir={glue_dir}", "tasks=cola", "trials=1", "max_train_examples=24", "max_eval_examples=8",
+              "dropout=0", "batch_size=4", "eval_batch_size=4", "pad_multiple=1", "bucket_batches=1"]
     eager = _run(tiny_bert, tmp_path / "eager", common)
+    torch._dynamo.reset()
+    counters.clear()
     compiled = _run(tiny_bert, tmp_path / "compiled", common + ["compile=true"])
-    loss = lambda d: json.loads((tmp_path / d / "rte/trial-0.json").read_text())["last_epoch_train_loss"]  # noqa: E731
-    assert loss("compiled") == pytest.approx(loss("eager"), rel=1e-3)
-    assert compiled["tasks"]["rte"]["median"] == eager["tasks"]["rte"]["median"]
+    assert len(shapes) >= 6 and counters["stats"]["unique_graphs"] == 2
+    trial = lambda d: json.loads((tmp_path / d / "cola/trial-0.json").read_text())  # noqa: E731
+    assert trial("compiled")["compiled"] and not trial("eager")["compiled"]
+    assert trial("compiled")["last_epoch_train_loss"] == pytest.approx(trial("eager")["last_epoch_train_loss"],
+                                                                      rel=1e-3)
+    assert compiled["tasks"]["cola"]["median"] == eager["tasks"]["cola"]["median"]

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
                    "default: the Hugging Face hub, nyu-mll/glue")
     p.add_argument("--protocol", default="sane", choices=sorted(PROTOCOLS), help="hyper-parameter set (sane)")
     p.add_argument("--trials", type=int, metavar="N", help="seeds per task; the median is reported (5)")
-    p.add_argument("--out", metavar="DIR", help="results folder (default runs/glue/<model>-<protocol>)")
+    p.add_argument("--out", metavar="DIR", help="results folder (default runs/glue/<model>-<protocol>, <model> "
+                   "being the last 3 parts of a local folder's path or the hub name)")
     p.add_argument("--max-train-examples", type=int, metavar="N", help="fixed random subset of each train split")
     p.add_argument("--max-eval-examples", type=int, metavar="N", help="fixed random subset of each dev split")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="GlueConfig overrides")
@@ -57,4 +58,8 @@ def _glue(args: argparse.Namespace) -> int:
 
 
 def _slug(model: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/")).name or model) or "model"
+    """The default results folder's name: the last three parts of a local folder's resolved path (two
+    models saved as `.../final` must not share one), the whole of a hub name (`org-name`)."""
+    path = Path(model).expanduser()
+    parts = path.resolve().parts[1:][-3:] if path.exists() else model.split("/")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(p for p in parts if p)) or "model"

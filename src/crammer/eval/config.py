@@ -8,6 +8,8 @@ number of epochs, the score taken after the last one, the median over several se
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -41,28 +43,42 @@ class GlueConfig:
     # hardware
     device: str = "auto"  # auto = cuda when available, else cpu
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast where CUDA supports it
-    compile: bool = False  # torch.compile the model (GPU; dynamic shapes)
+    compile: bool | None = None  # torch.compile (dynamic shapes); None = on for CUDA, off on CPU
     # data
     glue_dir: str | None = None  # local glue_data folder; None = the Hugging Face hub (nyu-mll/glue)
     skip_malformed_rows: bool = False  # drop rows with missing fields / unknown labels instead of failing
 
     def __post_init__(self) -> None:
+        """Every value is checked here, so a config that exists is one a run accepts (bar the model and
+        the machine: see `finetune.check_max_length` and `finetune.resolve_device`)."""
         for name in ("trials", "batch_size", "epochs", "max_length", "eval_batch_size", "bucket_batches",
                      "pad_multiple"):
             if getattr(self, name) < 1:
                 raise CrammerError(f"glue config: {name} must be >= 1, got {getattr(self, name)}")
         if self.max_train_examples < 0 or self.max_eval_examples < 0:
             raise CrammerError("glue config: max_train_examples / max_eval_examples must be >= 0 (0 = all)")
+        if not 0 <= self.seed <= 2**32 - self.trials:  # numpy seeds every trial: seed + trials - 1 < 2**32
+            raise CrammerError(f"glue config: seed must be in 0..{2**32 - self.trials}, got {self.seed}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise CrammerError(f"glue config: lr must be a positive number, got {self.lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise CrammerError(f"glue config: weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("schedule", "precision"):  # Literal fields: overrides check them, direct construction not
+            allowed = typing.get_args(typing.get_type_hints(GlueConfig)[name])
+            if getattr(self, name) not in allowed:
+                raise CrammerError(f"glue config: {name} must be one of {', '.join(allowed)}, "
+                                   f"got {getattr(self, name)!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise CrammerError(f"glue config: warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0 <= self.dropout < 1:
             raise CrammerError(f"glue config: dropout must be in [0, 1), got {self.dropout}")
         object.__setattr__(self, "tasks", parse_tasks(self.tasks))
 
-    def trial_key(self, model: str) -> str:
-        """Identity of a trial's recipe: results made under another key are never mixed in on resume."""
+    def trial_key(self, model_id: str) -> str:
+        """Identity of a trial (the model, as `finetune.model_identity` names it, and the recipe):
+        results made under another key are never mixed in on resume."""
         recipe = {k: v for k, v in to_dict(self).items() if k in _RECIPE_FIELDS}
-        return config_hash({"model": model, **recipe})
+        return config_hash({"model": model_id, **recipe})
 
 
 # Fields that change what a trial computes (tasks, trials, data location, padding and hardware do not).
@@ -81,4 +97,10 @@ PROTOCOLS: dict[str, GlueConfig] = {
 def make_glue_config(protocol: str = "sane", overrides: Sequence[str] = ()) -> GlueConfig:
     """A protocol preset with `key=value` overrides applied (typed and validated)."""
     base = pick_preset(PROTOCOLS, protocol, "GLUE protocol")
+    for item in overrides:
+        # `protocol=` would only relabel the results: the preset's hyper-parameters come from `protocol` here
+        if item.partition("=")[0].strip() == "protocol":
+            raise CrammerError(f"{item!r}: protocol is not an override (it would relabel the results without "
+                               f"changing the hyper-parameters); pick the preset with "
+                               f"`cram glue --protocol {item.partition('=')[2].strip()}`")
     return apply_overrides(dataclasses.replace(base), overrides)

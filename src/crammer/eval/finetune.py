@@ -9,7 +9,9 @@ a new head sized for the task. Batches are bucketed by length and padded only to
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +24,54 @@ from crammer.eval.config import GlueConfig
 from crammer.eval.metrics import compute_metrics
 from crammer.eval.tasks import GlueTask, Split
 
+# Steps between two readings of the training loss for the progress bar.
+LOSS_EVERY = 50
 # Config fields that hold dropout probabilities across common encoders (BERT, crammed BERT, DistilBERT, ...).
 DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
                   "attention_dropout", "seq_classif_dropout")
+# Weight files `from_pretrained` reads from a local folder (one of them must be there).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+# Every file that holds weights, shards included: what the trial key fingerprints.
+_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
 
 
 def check_model_source(model: str) -> None:
-    """Fail early, with one line, on a local folder that is not a Hugging Face model."""
+    """Fail early, with one line, on a local folder that is not a Hugging Face model, or on a path
+    that does not exist (rather than asking the hub, with a minute of retries, for a folder name)."""
     path = Path(model).expanduser()
-    if path.exists() and not (path / "config.json").is_file():
-        raise CrammerError(f"--model {model}: not a model folder (no config.json)")
-    if not path.exists() and model.startswith((".", "/", "~")):
-        raise CrammerError(f"--model {model}: no such folder")
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise CrammerError(f"--model {model}: not a model folder (no config.json)")
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            raise CrammerError(f"--model {model}: no weights in the folder "
+                               f"(expected one of {', '.join(WEIGHT_FILES)})")
+    elif _looks_like_path(model):
+        raise CrammerError(f"no such model folder: {model}")
+
+
+def _looks_like_path(model: str) -> bool:
+    """A hub name is `name` or `org/name`; anything else with a separator, or whose first part is a
+    local folder (`runs/demo-final` beside `runs/`), is meant as a path."""
+    if model.startswith((".", "~")) or os.path.isabs(model):
+        return True
+    parts = model.replace(os.sep, "/").split("/")
+    return len(parts) > 2 or (len(parts) == 2 and (not all(parts) or Path(parts[0]).expanduser().is_dir()))
+
+
+def model_identity(model: str) -> str:
+    """What trials are keyed on: for a local folder its resolved path and a cheap fingerprint of its
+    contents (config.json's bytes, the weight files' sizes and mtimes), so `runs/x/final/` resumes
+    `runs/x/final` but a model retrained in place does not; a hub name is its own identity."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model
+    path = path.resolve()
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for f in sorted({f for pattern in _WEIGHT_PATTERNS for f in path.glob(pattern) if f.is_file()}):
+        stat = f.stat()
+        digest.update(f"{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    return f"{path}@{digest.hexdigest()[:16]}"
 
 
 def load_tokenizer(model: str):
@@ -46,16 +84,31 @@ def load_tokenizer(model: str):
         raise CrammerError(f"--model {model}: cannot load its tokenizer ({_first_line(e)})") from None
 
 
-def load_classifier(model: str, task: GlueTask, dropout: float) -> torch.nn.Module:
-    """The pretrained encoder with a fresh `task.num_labels`-way head (1 output = MSE regression)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
+def load_model_config(model: str):
+    """The model's Hugging Face config (read before any data work, to check settings against it)."""
+    from transformers import AutoConfig
 
     check_model_source(model)
     try:
-        config = AutoConfig.from_pretrained(model)
+        return AutoConfig.from_pretrained(model)
     except Exception as e:
         raise CrammerError(f"--model {model}: not a loadable model config ({_first_line(e)})") from None
+
+
+def check_max_length(max_length: int, model_config, source: str) -> None:
+    """Longer inputs than the position table would crash the first long batch, mid-training."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise CrammerError(f"glue config: max_length={max_length} exceeds max_position_embeddings={limit} "
+                           f"of {source}; use max_length={limit} or less")
+
+
+def load_classifier(model: str, task: GlueTask, dropout: float) -> torch.nn.Module:
+    """The pretrained encoder with a fresh `task.num_labels`-way head (1 output = MSE regression)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    config = load_model_config(model)
     config.num_labels = task.num_labels
     config.problem_type = "regression" if task.is_regression else "single_label_classification"
     if not task.is_regression:
@@ -166,11 +219,31 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def _optimizer(model: torch.nn.Module, cfg: GlueConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with the same decay groups as pretraining (matrices decay; norms, biases and scales do not)."""
+def optimizer_and_schedule(model: torch.nn.Module, cfg: GlueConfig, total_steps: int, device: torch.device):
+    """AdamW with the same decay groups as pretraining (matrices decay; norms, biases and scales do not),
+    and `cfg.schedule` after a linear warm-up over `cfg.warmup_fraction` of the steps."""
+    from transformers import get_scheduler
+
     from crammer.train.step import parameter_groups
 
-    return torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, fused=device.type == "cuda")
+    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=round(cfg.warmup_fraction * total_steps),
+                              num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def maybe_compile(model: torch.nn.Module, setting: bool | None, device: torch.device):
+    """torch.compile as pretraining decides it (None = on CUDA only). `dynamic=True` because every
+    bucket has its own length: one graph for all of them instead of a recompile per new length."""
+    from crammer.train.step import should_compile
+
+    return torch.compile(model, dynamic=True) if should_compile(setting, device) else model
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Copies that overlap with the GPU's work: `non_blocking` only is asynchronous from pinned memory."""
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def run_trial(
@@ -185,20 +258,18 @@ def run_trial(
     desc: str = "",
 ) -> dict:
     """Fine-tune for `cfg.epochs` epochs with seed `seed`; return the metrics after the last epoch."""
-    from transformers import get_scheduler, set_seed
+    from transformers import set_seed
 
     set_seed(seed)  # the new head's init, dropout masks and the batch order all follow the seed
     model = load_classifier(model_path, task, cfg.dropout).to(device)
-    forward = torch.compile(model, dynamic=True) if cfg.compile else model
+    forward = maybe_compile(model, cfg.compile, device)
     dtype = autocast_dtype(cfg.precision, device)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     generator = torch.Generator().manual_seed(seed)
 
     steps_per_epoch = math.ceil(len(train.labels) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    optimizer = _optimizer(model, cfg, device)
-    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=round(cfg.warmup_fraction * total_steps),
-                              num_training_steps=total_steps)
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps, device)
 
     start = time.perf_counter()
     model.train()
@@ -206,9 +277,8 @@ def run_trial(
         epoch_loss = torch.zeros((), device=device)
         batches = bucketed_batches(train.lengths, cfg.batch_size, cfg.bucket_batches, generator)
         bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
-        for indices in bar:
-            batch = {k: v.to(device, non_blocking=True)
-                     for k, v in collate(train, indices, pad_id, cfg.pad_multiple, task.is_regression).items()}
+        for step, indices in enumerate(bar):
+            batch = to_device(collate(train, indices, pad_id, cfg.pad_multiple, task.is_regression), device)
             with autocast():
                 loss = forward(**batch).loss
             loss.backward()
@@ -216,7 +286,7 @@ def run_trial(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             epoch_loss += loss.detach()
-            if bar.n % 50 == 0:
+            if not bar.disable and step % LOSS_EVERY == 0:  # .item() waits for the GPU: rarely, and only to show it
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     train_seconds = time.perf_counter() - start
 
@@ -237,6 +307,7 @@ def run_trial(
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(time.perf_counter() - start, 2),
         "device": str(device),
+        "compiled": forward is not model,
         "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
     }
 
@@ -253,7 +324,7 @@ def predict(forward, data: Encoded, pad_id: int, cfg: GlueConfig, regression: bo
         batch = collate(data, indices, pad_id, cfg.pad_multiple, regression)
         batch.pop("labels")
         with autocast():
-            logits = forward(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+            logits = forward(**to_device(batch, device)).logits.float()
         values = logits.squeeze(-1) if regression else logits.argmax(-1)
         for i, v in zip(indices, values.tolist()):
             out[i] = v

@@ -6,7 +6,8 @@ Results folder:
     results.json                per task: all trials and the medians; the GLUE columns and score
     results.md                  the same as tables, with reference rows
 Each trial file is written atomically when its run ends, so an interrupted evaluation resumes at the
-first missing trial; trial files made under a different recipe (`GlueConfig.trial_key`) are an error.
+first missing trial; trial files made with another model (its resolved folder and a fingerprint of its
+files, or its hub name) or another recipe (`GlueConfig.trial_key`) are an error.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import numpy as np
 from crammer.config import to_dict
 from crammer.errors import CrammerError
 from crammer.eval.config import GlueConfig
-from crammer.eval.finetune import encode, load_tokenizer, resolve_device, run_trial
+from crammer.eval.finetune import (check_max_length, encode, load_model_config, load_tokenizer, model_identity,
+                                   resolve_device, run_trial)
 from crammer.eval.metrics import glue_numbers, glue_score, mean_score
-from crammer.eval.tasks import GLUE_SCORE_COLUMNS, TASKS, Split, load_task
+from crammer.eval.tasks import GLUE_SCORE_COLUMNS, TASKS, Split, load_task, missing_files
 from crammer.io import atomic_write_json, atomic_write_text, read_json
 
 # GLUE dev averages (9 numbers, GLUE-sane rules) to compare against; per-task numbers are not reproduced.
@@ -43,13 +45,17 @@ def evaluate_glue(model: str, config: GlueConfig, out_dir: str | Path,
     """Fine-tune and score `model` on `config.tasks`; write and return the results (see module doc)."""
     out_dir = Path(out_dir)
     model = str(model)
-    key = config.trial_key(model)
-    tokenizer = load_tokenizer(model)  # also rejects a folder that is not a model, before any work
+    # Every check that can fail comes before the first trial: the model, its settings, the machine, the data.
+    tokenizer = load_tokenizer(model)  # also rejects a folder that is not a model
     if tokenizer.pad_token_id is None:
         raise CrammerError(f"--model {model}: its tokenizer has no padding token")
+    check_max_length(config.max_length, load_model_config(model), f"--model {model}")
     device = resolve_device(config.device)
+    key = config.trial_key(model_identity(model))
     # Trials left by another model or recipe are refused before anything in out_dir is overwritten.
     finished = {name: {k: _load_trial(out_dir, name, k, key) for k in range(config.trials)} for name in config.tasks}
+    if config.glue_dir is not None:
+        _check_task_files(config.glue_dir, [name for name in config.tasks if None in finished[name].values()])
     atomic_write_json(out_dir / "config.json", {"model": model, "trial_key": key, "config": to_dict(config)})
 
     trials: dict[str, list[dict]] = {}
@@ -78,6 +84,15 @@ def evaluate_glue(model: str, config: GlueConfig, out_dir: str | Path,
         atomic_write_json(out_dir / "results.json", results)
         atomic_write_text(out_dir / "results.md", render_markdown(results))
     return results
+
+
+def _check_task_files(glue_dir: str, tasks: list[str]) -> None:
+    """One error naming every missing folder or file, instead of failing after the tasks before it ran."""
+    missing = {name: paths for name in tasks if (paths := missing_files(name, glue_dir))}
+    if missing:
+        found = ", ".join(str(p) for paths in missing.values() for p in paths)
+        raise CrammerError(f"--glue-dir {glue_dir}: no data for {', '.join(missing)} ({found} not found); "
+                           "leave those tasks out of --tasks")
 
 
 def _load_trial(out_dir: Path, task: str, trial: int, key: str) -> dict | None:

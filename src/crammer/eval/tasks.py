@@ -115,6 +115,15 @@ def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def missing_files(name: str, glue_dir: str | Path) -> list[Path]:
+    """What `load_task` would not find in `glue_dir`: the task's folder, or else its split files."""
+    task = TASKS[name]
+    folder = Path(glue_dir).expanduser() / task.folder
+    if not folder.is_dir():
+        return [folder]
+    return [folder / f for f in ("train.tsv", *(s.file for s in task.eval_splits)) if not (folder / f).is_file()]
+
+
 def load_task(name: str, glue_dir: str | Path | None = None, skip_malformed_rows: bool = False) -> TaskData:
     """Read one task from `glue_dir` (standard glue_data layout) or, when None, from the hub."""
     task = TASKS[parse_tasks(name)[0]]
