@@ -34,3 +34,11 @@ def test_plan_without_micro_batch_on_cpu_is_a_clear_error(pydoc_corpus, capsys):
 def test_plan_on_a_folder_that_is_not_a_corpus(tmp_path, capsys):
     assert main(["plan", "--data", str(tmp_path), "--preset", "tiny"]) == 2
     assert "not a prepared corpus" in capsys.readouterr().err
+
+
+def test_plan_with_a_corpus_longer_than_the_model_positions_is_a_clear_error(pydoc_corpus, capsys):
+    code = main(["plan", "--data", str(pydoc_corpus), "--preset", "tiny", "--seconds", "1",
+                 "model.max_position_embeddings=64"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "exceed the 'tiny' model's max_position_embeddings=64" in err and err.count("\n") == 1

@@ -182,6 +182,8 @@ def test_presets_resolve_and_overrides_reach_their_stage(tmp_path):
     # Found when the stages meet, still before any work:
     ("pretrain.model.bogus=1", "unknown model config key 'bogus'"),
     ("data.seq_len=256", "data.seq_len=256 exceeds the model's max_position_embeddings=128"),
+    ("glue.max_length=256", "max_length=256 exceeds max_position_embeddings=128 of the 'tiny' model preset"),
+    ("glue.device=tpu", "glue.device"),
 ])
 def test_bad_overrides_are_one_line_errors(tmp_path, capsys, override, message):
     assert main(["run", "--preset", "tiny", "--out", str(tmp_path / "run"), override]) == 2

@@ -181,11 +181,13 @@ def measure_plan(cfg: PretrainConfig, corpus: PackedCorpus, preset: str, budget_
         TrainStep,
         auto_micro_batch,
         build_model_and_optimizer,
+        check_corpus_fits_model,
         configure_backends,
         resolve_precision,
         should_compile,
     )
 
+    check_corpus_fits_model(cfg, corpus)
     started = time.monotonic()
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     configure_backends(cfg.tf32)

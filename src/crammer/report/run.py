@@ -21,11 +21,12 @@ import torch
 from crammer.config import apply_overrides, parse_duration, pick_preset, to_dict
 from crammer.data.prepare import PRESETS as DATA_PRESETS
 from crammer.data.prepare import DataConfig as CorpusConfig
-from crammer.data.prepare import prepare
+from crammer.data.prepare import is_up_to_date, prepare
 from crammer.errors import CrammerError
 from crammer.eval.config import GlueConfig, make_glue_config
+from crammer.eval.finetune import check_max_length, resolve_device
 from crammer.eval.glue import evaluate_glue, trial_path
-from crammer.eval.tasks import TASKS, load_task
+from crammer.eval.tasks import load_task, missing_files
 from crammer.io import read_json
 from crammer.model import make_config
 from crammer.report.layout import RunLayout
@@ -86,7 +87,8 @@ def check_run_config(config: RunConfig) -> RunConfig:
 
     Each stage validates its own keys when its config is built; this checks what only shows when the
     stages meet: model overrides (parsed when the model is built), the corpus's sequence length against
-    the model's positions, and a micro-batch on a machine that cannot auto-size one.
+    the model's positions (for pretraining and for GLUE), a micro-batch on a machine that cannot auto-size one,
+    and the GLUE device.
     """
     model = make_config(config.pretrain.model, config.data.vocab_size, config.pretrain.model_overrides)
     if config.data.seq_len > model.max_position_embeddings:
@@ -96,6 +98,8 @@ def check_run_config(config: RunConfig) -> RunConfig:
     if config.pretrain.batch.micro_batch is None and not torch.cuda.is_available():
         raise CrammerError("pretrain.batch.micro_batch must be set without a GPU (auto-sizing needs CUDA), "
                            "e.g. pretrain.batch.micro_batch=16")
+    check_max_length(config.glue.max_length, model, f"the {config.pretrain.model!r} model preset")
+    resolve_device(config.glue.device, "glue.device")
     return config
 
 
@@ -145,11 +149,14 @@ def _relative_to_run(path: Path, run_dir: Path) -> str:
 
 
 def _wait_for_data(config: RunConfig, layout: RunLayout, poll_s: float = 2.0) -> Path:
-    """Ranks > 0 wait for rank 0's corpus (its folder appears atomically; torchrun ends us if rank 0 fails)."""
-    manifest = layout.data / "manifest.json"
-    while not (manifest.is_file() and read_json(manifest).get("config_hash") == config.data.recipe_hash()):
+    """Ranks > 0 wait for rank 0's corpus (its folder appears atomically; torchrun ends us if rank 0 fails).
+
+    The test is prepare's own cache test, input files included: an older corpus of the same recipe that rank
+    0 is rebuilding because a source changed is not taken.
+    """
+    while not is_up_to_date(config.data):
         time.sleep(poll_s)
-    return layout.data
+    return Path(config.data.out)
 
 
 def _pretrain_stage(config: RunConfig, data_dir: Path, layout: RunLayout, state: RunState, write_state: bool) -> Path:
@@ -209,13 +216,9 @@ def unreachable(task: str, glue_dir: str | None) -> str | None:
 
     Only availability is a reason to skip: a malformed file is still an error when the task runs.
     """
-    spec = TASKS[task]
     if glue_dir is not None:
-        folder = Path(glue_dir).expanduser() / spec.folder
-        for name in ("train.tsv", *(split.file for split in spec.eval_splits)):
-            if not (folder / name).is_file():
-                return f"not in --glue-dir ({folder / name} not found)"
-        return None
+        missing = missing_files(task, glue_dir)
+        return f"not in --glue-dir ({missing[0]} not found)" if missing else None
     try:
         load_task(task, None)
     except CrammerError as e:
