@@ -27,3 +27,18 @@ def test_import_registers_auto_classes():
     config = AutoConfig.for_model("crammed_bert", num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
                                   intermediate_size=64, vocab_size=100)
     assert type(AutoModelForMaskedLM.from_config(config)).__name__ == "CrammedBertForMaskedLM"
+
+
+def test_a_stop_signal_exits_128_plus_its_number_and_ctrl_c_130(monkeypatch, capsys):
+    import signal
+
+    import crammer.data.cli as data_cli
+    from crammer.errors import SignalInterrupt
+
+    for raised, code in ((SignalInterrupt(signal.SIGTERM), 128 + signal.SIGTERM), (KeyboardInterrupt(), 130)):
+        def stopped(args, raised=raised):
+            raise raised
+
+        monkeypatch.setattr(data_cli, "_inspect", stopped)  # the parser is built per call: it takes the stand-in
+        assert main(["data", "inspect", "anything"]) == code
+        assert capsys.readouterr().err == "cram: interrupted\n"

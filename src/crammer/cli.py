@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from crammer import __version__
@@ -42,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except CrammerError as e:
         print(f"cram: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or a SIGTERM turned into one (SignalInterrupt)
         print("cram: interrupted", file=sys.stderr)
-        return 130
+        return 128 + int(getattr(e, "signum", signal.SIGINT))  # the shell's "ended by signal N"
     return int(result or 0)
 
 

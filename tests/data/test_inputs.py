@@ -23,7 +23,7 @@ from crammer.cli import main
 from crammer.data import sources
 from crammer.data.prepare import DataConfig, prepare
 from crammer.data.sources import fingerprint, parse_source
-from crammer.errors import CrammerError
+from crammer.errors import CrammerError, SignalInterrupt
 from tests.data.conftest import expected_stream, manifest, stream
 
 DOCS = ["First document.\nIt has two paragraphs.", "Second one, with Ünïcode.", "Third: the end!"]
@@ -318,8 +318,9 @@ def test_sigterm_removes_the_staging_folder(tok_file, shared_data, tmp_path, mon
 
     monkeypatch.setattr(prep.BlockWriter, "add", add_then_terminated)
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(SignalInterrupt) as stopped:  # a KeyboardInterrupt: Ctrl-C's clean-up runs
             build(tmp_path, [str(shared_data / "wiki" / "sample.txt")], tok_file)
+        assert stopped.value.signum == signal.SIGTERM
         assert not ignored and signal.getsignal(signal.SIGTERM) is stand_in  # prepare's handler only while it runs
     finally:
         signal.signal(signal.SIGTERM, before)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import shutil
 import sys
@@ -62,12 +61,17 @@ def test_model_identity_follows_the_folder_and_its_files(tiny_bert, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     same = {model_identity(m) for m in ("runs/x/final", "runs/x/final/", "./runs/x/final", str(model),
                                          "runs/x/../x/final")}
-    assert len(same) == 1 and same.pop().startswith(f"{model}@")
+    assert len(same) == 1 and same.pop().startswith("local-folder@")
     assert model_identity("bert-base-uncased") == "bert-base-uncased"
-
     before = model_identity(str(model))
+    shutil.move(tmp_path / "runs", tmp_path / "moved")  # a moved run folder keeps its trials
+    assert model_identity("moved/x/final") == before
+    model = tmp_path / "moved" / "x" / "final"
+
     weights = model / "model.safetensors"
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # saved again
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one weight changed: a retrained model
+    weights.write_bytes(bytes(data))
     assert model_identity(str(model)) != before
     before = model_identity(str(model))
     config = model / "config.json"

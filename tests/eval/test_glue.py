@@ -206,7 +206,9 @@ def test_resume_keys_on_the_model_folder_and_its_files(tiny_bert, glue_dir, tmp_
 
     # the same folder, retrained: its trials are stale
     weights = tmp_path / "runs/x/final/model.safetensors"
-    weights.write_bytes(weights.read_bytes())
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
     with pytest.raises(CrammerError, match="trial-0.json: made with another model or recipe"):
         evaluate_glue("runs/x/final", make_glue_config("sane", ["tasks=rte", "trials=1", f"glue_dir={glue_dir}"]),
                       "o", log=lambda m: None)

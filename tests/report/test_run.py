@@ -237,3 +237,38 @@ def test_an_interrupted_run_says_to_rerun_the_same_command(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert "stopped by SIGTERM" in err and "--resume" not in err
     assert f"Run the same command again to continue: cram run --preset tiny --out {out} --budget 30s" in err
+
+
+def test_glue_protocol_is_a_run_option_and_not_an_override(tmp_path, capsys):
+    assert make_run_config("tiny", tmp_path, glue_protocol="full").glue.protocol == "full"
+    assert main(["run", "--preset", "tiny", "--out", str(tmp_path / "run"), "glue.protocol=full"]) == 2
+    assert "`cram run` with --glue-protocol" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto-sizing works on a GPU")
+def test_a_pretrained_run_continues_without_a_gpu_and_without_a_micro_batch(tmp_path):
+    """GLUE and the report may run on a CPU machine after pretraining finished on a GPU."""
+    from crammer.report.layout import RunLayout
+    from crammer.report.report import PRETRAINING_SUMMARY
+
+    with pytest.raises(CrammerError, match="micro_batch must be set without a GPU"):
+        make_run_config("crammed-bert", tmp_path)
+    final = RunLayout(tmp_path).final
+    final.mkdir(parents=True)
+    (final / PRETRAINING_SUMMARY).write_text("{}")
+    assert make_run_config("crammed-bert", tmp_path).pretrain.batch.micro_batch is None
+
+
+def test_report_finds_a_corpus_recorded_by_an_older_version(tmp_path, monkeypatch):
+    """state.json used to hold the corpus path relative to the working directory."""
+    from crammer.report.report import _recorded_data_dir
+    from crammer.report.state import RunState
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs/demo/data").mkdir(parents=True)
+    (tmp_path / "runs/demo/data/manifest.json").write_text("{}")
+    state = RunState.load(tmp_path / "runs/demo")
+    state.stages["data"] = {"data_dir": "runs/demo/data"}
+    assert _recorded_data_dir(Path("runs/demo"), state) == Path("runs/demo/data")
+    state.stages["data"] = {"data_dir": "data"}
+    assert _recorded_data_dir(Path("runs/demo"), state) == Path("runs/demo/data")

@@ -39,10 +39,21 @@ class FakeCudaUuid:
         return "5a3e4c1f-0b2d-4f6a-9c8e-7d1b2a3c4e5f"
 
 
-def fake_nvml(asked: list):
+class FakeNVMLError(Exception):
+    pass
+
+
+def fake_nvml(asked: list, known_prefix: str = "GPU-"):
+    def by_uuid(uuid):
+        asked.append(uuid)
+        if not uuid.startswith(known_prefix):
+            raise FakeNVMLError(uuid)
+        return "handle"
+
     return types.SimpleNamespace(
+        NVMLError=FakeNVMLError,
         nvmlInit=lambda: None,
-        nvmlDeviceGetHandleByUUID=lambda uuid: asked.append(uuid) or "handle",
+        nvmlDeviceGetHandleByUUID=by_uuid,
         nvmlDeviceGetHandleByIndex=lambda index: pytest.fail("NVML indices are physical, not CUDA's"),
         nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=2e9, total=80e9),
     )
@@ -57,6 +68,15 @@ def test_gpu_monitor_finds_the_gpu_by_uuid_not_by_cuda_index(monkeypatch):
     monitor = GpuMonitor(GPU)
     assert asked == ["GPU-5a3e4c1f-0b2d-4f6a-9c8e-7d1b2a3c4e5f"]
     assert monitor.sample() == {"gpu_mem_used_gb": 2.0, "gpu_mem_total_gb": 80.0}  # unsupported readings left out
+
+
+def test_gpu_monitor_finds_a_mig_slice_by_its_mig_uuid(monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(
+        uuid=FakeCudaUuid()))
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(asked, known_prefix="MIG-"))
+    assert GpuMonitor(GPU).sample() == {"gpu_mem_used_gb": 2.0, "gpu_mem_total_gb": 80.0}
+    assert asked == ["GPU-5a3e4c1f-0b2d-4f6a-9c8e-7d1b2a3c4e5f", "MIG-5a3e4c1f-0b2d-4f6a-9c8e-7d1b2a3c4e5f"]
 
 
 def test_gpu_monitor_without_nvml_or_gpu_reports_nothing(monkeypatch):

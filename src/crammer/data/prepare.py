@@ -43,7 +43,7 @@ from crammer.config import config_hash, to_dict
 from crammer.data import sources as src
 from crammer.data.packed import FORMAT, MANIFEST, SHARD_DIR, PackedCorpus, is_prepared_corpus
 from crammer.data.tokenizer import build_normalizer, load_tokenizer, save_for_transformers, special_token_ids, train_wordpiece
-from crammer.errors import CrammerError
+from crammer.errors import CrammerError, SignalInterrupt
 from crammer.io import atomic_dir, atomic_write_json, read_json, remove_stale_temps
 
 Order = Literal["random", "easy-first", "sentence-length", "none"]  # none: corpus order
@@ -343,7 +343,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise SignalInterrupt(signum)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

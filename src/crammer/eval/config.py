@@ -101,6 +101,6 @@ def make_glue_config(protocol: str = "sane", overrides: Sequence[str] = ()) -> G
         # `protocol=` would only relabel the results: the preset's hyper-parameters come from `protocol` here
         if item.partition("=")[0].strip() == "protocol":
             raise CrammerError(f"{item!r}: protocol is not an override (it would relabel the results without "
-                               f"changing the hyper-parameters); pick the preset with "
-                               f"`cram glue --protocol {item.partition('=')[2].strip()}`")
+                               f"changing the hyper-parameters); `cram glue` picks the preset with --protocol, "
+                               f"`cram run` with --glue-protocol")
     return apply_overrides(dataclasses.replace(base), overrides)

@@ -13,6 +13,7 @@ from crammer.config import parse_duration
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from crammer.eval.config import PROTOCOLS
     from crammer.report.presets import RUN_PRESETS
 
     run = sub.add_parser(
@@ -32,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--glue-dir", help="local glue_data folder (default: the Hugging Face hub)")
     run.add_argument("--tasks", help="GLUE tasks, comma-separated, or 'all' (default: the preset's)")
     run.add_argument("--trials", type=int, help="fine-tuning trials (seeds) per GLUE task")
+    run.add_argument("--glue-protocol", choices=sorted(PROTOCOLS),
+                     help="GLUE fine-tuning protocol (default: the preset's, sane for every preset)")
     run.add_argument("overrides", nargs="*", metavar="STAGE.KEY=VALUE",
                      help="config overrides, e.g. data.vocab_size=16384 pretrain.optim.lr=5e-4 glue.epochs=3")
     run.set_defaults(func=_run)
@@ -63,7 +66,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = make_run_config(
         args.preset, args.out, sources=args.source, budget=args.budget, glue_dir=args.glue_dir,
-        tasks=args.tasks, trials=args.trials, overrides=args.overrides,
+        tasks=args.tasks, trials=args.trials, glue_protocol=args.glue_protocol, overrides=args.overrides,
     )
     command = _command_line(args)
     try:
@@ -83,7 +86,7 @@ def _command_line(args: argparse.Namespace) -> list[str]:
     for source in args.source:
         cmd += ["--source", source]
     for flag, value in (("--budget", args.budget), ("--glue-dir", args.glue_dir), ("--tasks", args.tasks),
-                        ("--trials", args.trials)):
+                        ("--trials", args.trials), ("--glue-protocol", args.glue_protocol)):
         if value is not None:
             cmd += [flag, str(value)]
     return cmd + list(args.overrides)

@@ -210,6 +210,16 @@ def _reproduce_section(doc: Document, run: dict[str, Any]) -> None:
     doc.add(Table(["software", "version"], [[k, str(v)] for k, v in run.get("versions", {}).items()]))
 
 
+def _recorded_data_dir(run_dir: Path, state: RunState) -> Path | None:
+    """The corpus state.json names: relative to the run folder (absolute when outside it); folders from
+    before that rule recorded it relative to the working directory."""
+    if "data" not in state.stages:
+        return None
+    recorded = Path(state.stages["data"]["data_dir"])
+    candidates = [run_dir / recorded, recorded, RunLayout(run_dir).data]
+    return next((d for d in candidates if (d / "manifest.json").is_file()), candidates[0])
+
+
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     """(Re)write RUN_DIR/report.md and RUN_DIR/report.html from the files in RUN_DIR."""
     run_dir = Path(run_dir)
@@ -220,7 +230,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     state = RunState.load(run_dir)
     metrics = read_metrics(layout.pretrain) if (layout.pretrain / METRICS_FILE).is_file() else []
     tokens_trained = metrics[-1]["tokens"] if metrics else None
-    data_dir = run_dir / state.stages["data"]["data_dir"] if "data" in state.stages else None  # absolute stays so
+    data_dir = _recorded_data_dir(run_dir, state)
     masked_fraction = run.get("config", {}).get("pretrain", {}).get("masking", {}).get("fraction")
 
     doc = Document(f"crammer run: {run_dir.name}")

@@ -56,6 +56,7 @@ def make_run_config(
     tasks: str | None = None,
     trials: int | None = None,
     overrides: Sequence[str] = (),
+    glue_protocol: str | None = None,
 ) -> RunConfig:
     """A run preset + command-line options + `data.X=`/`pretrain.X=`/`glue.X=` overrides."""
     names = pick_preset(RUN_PRESETS, preset, "run preset")
@@ -78,24 +79,26 @@ def make_run_config(
     glue_options = [f"glue_dir={glue_dir}"] if glue_dir else []
     glue_options += [f"tasks={tasks}"] if tasks else []
     glue_options += [f"trials={trials}"] if trials is not None else []
-    glue = make_glue_config(names.glue_protocol, [*names.glue_overrides, *glue_options, *by_stage["glue"]])
-    return check_run_config(RunConfig(preset=preset, data=data, pretrain=pretrain, glue=glue))
+    glue = make_glue_config(glue_protocol or names.glue_protocol,
+                            [*names.glue_overrides, *glue_options, *by_stage["glue"]])
+    return check_run_config(RunConfig(preset=preset, data=data, pretrain=pretrain, glue=glue), out)
 
 
-def check_run_config(config: RunConfig) -> RunConfig:
+def check_run_config(config: RunConfig, out: Path) -> RunConfig:
     """Catch what would otherwise fail only after hours of data preparation or pretraining.
 
     Each stage validates its own keys when its config is built; this checks what only shows when the
-    stages meet: model overrides (parsed when the model is built), the corpus's sequence length against
-    the model's positions (for pretraining and for GLUE), a micro-batch on a machine that cannot auto-size one,
-    and the GLUE device.
+    stages meet: model overrides (parsed when the model is built), the corpus's sequence length and GLUE's
+    max_length against the model's positions, a micro-batch on a machine that cannot auto-size one (unless
+    `out` already holds the final model), and the GLUE device.
     """
     model = make_config(config.pretrain.model, config.data.vocab_size, config.pretrain.model_overrides)
     if config.data.seq_len > model.max_position_embeddings:
         raise CrammerError(f"data.seq_len={config.data.seq_len} exceeds the model's max_position_embeddings="
                            f"{model.max_position_embeddings}; lower data.seq_len or set "
                            f"pretrain.model.max_position_embeddings={config.data.seq_len}")
-    if config.pretrain.batch.micro_batch is None and not torch.cuda.is_available():
+    pretrained = (RunLayout(out).final / PRETRAINING_SUMMARY).is_file()  # GLUE and the report may run on a CPU
+    if config.pretrain.batch.micro_batch is None and not torch.cuda.is_available() and not pretrained:
         raise CrammerError("pretrain.batch.micro_batch must be set without a GPU (auto-sizing needs CUDA), "
                            "e.g. pretrain.batch.micro_batch=16")
     check_max_length(config.glue.max_length, model, f"the {config.pretrain.model!r} model preset")
@@ -118,7 +121,7 @@ def run(config: RunConfig, out: Path, command: Sequence[str]) -> Path:
         # (a typo fixed after a failed start) may take the folder over.
         write_run_record(layout.root, to_dict(config), list(command), replace=not state.stages)
 
-    data_dir = _data_stage(config, layout, state) if rank == 0 else _wait_for_data(config, layout)
+    data_dir = _data_stage(config, layout, state) if rank == 0 else _wait_for_data(config)
     final = _pretrain_stage(config, data_dir, layout, state, write_state=rank == 0)
     if rank != 0:
         return layout.report_md
@@ -148,7 +151,7 @@ def _relative_to_run(path: Path, run_dir: Path) -> str:
     return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
 
 
-def _wait_for_data(config: RunConfig, layout: RunLayout, poll_s: float = 2.0) -> Path:
+def _wait_for_data(config: RunConfig, poll_s: float = 2.0) -> Path:
     """Ranks > 0 wait for rank 0's corpus (its folder appears atomically; torchrun ends us if rank 0 fails).
 
     The test is prepare's own cache test, input files included: an older corpus of the same recipe that rank
@@ -156,7 +159,7 @@ def _wait_for_data(config: RunConfig, layout: RunLayout, poll_s: float = 2.0) ->
     """
     while not is_up_to_date(config.data):
         time.sleep(poll_s)
-    return Path(config.data.out)
+    return Path(config.data.out).expanduser()
 
 
 def _pretrain_stage(config: RunConfig, data_dir: Path, layout: RunLayout, state: RunState, write_state: bool) -> Path:

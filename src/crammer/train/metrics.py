@@ -55,6 +55,14 @@ def peak_flops(device: torch.device, override_tflops: float | None) -> float | N
     return next((PEAK_FLOPS[key] for key in sorted(PEAK_FLOPS, key=len, reverse=True) if key in name), None)
 
 
+def _handle_by_uuid(pynvml, uuid: str):
+    """A whole GPU is `GPU-<uuid>` to NVML, a MIG slice `MIG-<uuid>`."""
+    try:
+        return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+    except pynvml.NVMLError:
+        return pynvml.nvmlDeviceGetHandleByUUID(f"MIG-{uuid}")
+
+
 class GpuMonitor:
     """NVML readings for one GPU; an empty dict where NVML is unavailable (CPU runs).
 
@@ -70,8 +78,8 @@ class GpuMonitor:
             import pynvml
 
             pynvml.nvmlInit()
-            uuid = str(torch.cuda.get_device_properties(device).uuid)  # NVML spells it "GPU-" + this
-            self.handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+            uuid = str(torch.cuda.get_device_properties(device).uuid)  # NVML spells it "GPU-" or "MIG-" + this
+            self.handle = _handle_by_uuid(pynvml, uuid)
             self.nvml = pynvml
         except Exception:  # no driver library, or a GPU that NVML cannot see: run on without stats
             self.handle = None
