@@ -249,13 +249,13 @@ def test_glue_protocol_is_a_run_option_and_not_an_override(tmp_path, capsys):
 def test_a_pretrained_run_continues_without_a_gpu_and_without_a_micro_batch(tmp_path):
     """GLUE and the report may run on a CPU machine after pretraining finished on a GPU."""
     from crammer.report.layout import RunLayout
-    from crammer.report.report import PRETRAINING_SUMMARY
+    from crammer.train.loop import SUMMARY_FILE
 
     with pytest.raises(CrammerError, match="micro_batch must be set without a GPU"):
         make_run_config("crammed-bert", tmp_path)
     final = RunLayout(tmp_path).final
     final.mkdir(parents=True)
-    (final / PRETRAINING_SUMMARY).write_text("{}")
+    (final / SUMMARY_FILE).write_text("{}")
     assert make_run_config("crammed-bert", tmp_path).pretrain.batch.micro_batch is None
 
 

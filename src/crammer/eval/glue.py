@@ -6,8 +6,8 @@ Results folder:
     results.json                per task: all trials and the medians; the GLUE columns and score
     results.md                  the same as tables, with reference rows
 Each trial file is written atomically when its run ends, so an interrupted evaluation resumes at the
-first missing trial; trial files made with another model (its resolved folder and a fingerprint of its
-files, or its hub name) or another recipe (`GlueConfig.trial_key`) are an error.
+first missing trial; trial files made with another model (the content of its folder's config and weights,
+or its hub name: `finetune.model_identity`) or another recipe (`GlueConfig.trial_key`) are an error.
 """
 
 from __future__ import annotations

@@ -31,10 +31,10 @@ from crammer.report.document import (
 from crammer.report.layout import RunLayout
 from crammer.report.plan import duration, human
 from crammer.report.state import RUN_JSON, RunState
+from crammer.train.loop import SUMMARY_FILE
 from crammer.train.metrics import METRICS_FILE, read_metrics
 from crammer.train.plot import plot_run
 
-PRETRAINING_SUMMARY = "pretraining.json"  # written into final/ by crammer.train
 # The corpus counts in pipeline order: what was read, what each filter removed, what was kept.
 _COUNT_ORDER = ["documents_read", "documents_bad", "documents_empty", "documents_filtered",
                 "documents_deduplicated", "documents_kept", "characters_read", "tokens", "sequences"]
@@ -145,7 +145,7 @@ def _training_section(doc: Document, layout: RunLayout, metrics: list[dict[str, 
          human(statistics.median(throughput) * flops_per_token, "FLOP/s") if throughput and flops_per_token else "n/a"],
         ["median MFU", f"{statistics.median(mfu):.1%}" if mfu else "n/a (no known accelerator peak, e.g. on CPU)"],
     ]
-    summary = layout.final / PRETRAINING_SUMMARY
+    summary = layout.final / SUMMARY_FILE
     if summary.is_file():
         done = read_json(summary)
         rows += [["finished: steps, tokens, budget", f"{done['steps']:,}, {done['tokens']:,}, {duration(done['elapsed_s'])}"],

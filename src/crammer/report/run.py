@@ -31,10 +31,11 @@ from crammer.io import read_json
 from crammer.model import make_config
 from crammer.report.layout import RunLayout
 from crammer.report.presets import RUN_PRESETS
-from crammer.report.report import PRETRAINING_SUMMARY, build_report
+from crammer.report.report import build_report
 from crammer.report.state import RunState, write_run_record
 from crammer.train import PretrainConfig, make_pretrain_config, pretrain
 from crammer.train.checkpoint import latest_checkpoint
+from crammer.train.loop import SUMMARY_FILE
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def check_run_config(config: RunConfig, out: Path) -> RunConfig:
         raise CrammerError(f"data.seq_len={config.data.seq_len} exceeds the model's max_position_embeddings="
                            f"{model.max_position_embeddings}; lower data.seq_len or set "
                            f"pretrain.model.max_position_embeddings={config.data.seq_len}")
-    pretrained = (RunLayout(out).final / PRETRAINING_SUMMARY).is_file()  # GLUE and the report may run on a CPU
+    pretrained = (RunLayout(out).final / SUMMARY_FILE).is_file()  # GLUE and the report may run on a CPU
     if config.pretrain.batch.micro_batch is None and not torch.cuda.is_available() and not pretrained:
         raise CrammerError("pretrain.batch.micro_batch must be set without a GPU (auto-sizing needs CUDA), "
                            "e.g. pretrain.batch.micro_batch=16")
@@ -164,7 +165,7 @@ def _wait_for_data(config: RunConfig, poll_s: float = 2.0) -> Path:
 
 def _pretrain_stage(config: RunConfig, data_dir: Path, layout: RunLayout, state: RunState, write_state: bool) -> Path:
     """Skipped when RUN_DIR/pretrain/final exists (it appears atomically, only when complete)."""
-    summary = layout.final / PRETRAINING_SUMMARY
+    summary = layout.final / SUMMARY_FILE
     if summary.is_file():
         trained_with = read_json(summary).get("config")
         if trained_with != to_dict(config.pretrain):
