@@ -6,8 +6,7 @@ import sys, time, numpy as np, torch
 from crammer.data.packed import PackedCorpus
 from crammer.model import modeling_crammed_bert as m
 from crammer.train.config import make_pretrain_config
-from crammer.train.masking import MLMCollator
-from crammer.train.step import TrainStep, build_model_and_optimizer
+from crammer.train.setup import build_training, model_config_for
 from crammer.train.bench import SPECIAL_TOKEN_IDS
 
 torch.set_num_threads(2)
@@ -15,12 +14,11 @@ variant = sys.argv[1]
 if variant == "fp32-residual":
     # the model reads torch.get_autocast_dtype through its module: make it answer float32 (no cast)
     m.torch = type("T", (), {"__getattr__": lambda s, k: getattr(torch, k), "get_autocast_dtype": staticmethod(lambda d: torch.float32)})()
-cfg = make_pretrain_config("tiny", ["model.num_hidden_layers=4", "model.hidden_size=256", "model.num_attention_heads=4", "model.intermediate_size=1024", "optim.lr=1e-3"])
+cfg = make_pretrain_config("tiny", ["model.num_hidden_layers=4", "model.hidden_size=256", "model.num_attention_heads=4", "model.intermediate_size=1024", "optim.lr=1e-3", "precision=bf16"])
 corpus = PackedCorpus(sys.argv[3] if len(sys.argv) > 3 else ".gpu/wiki00")
-vocab = corpus.manifest["vocab_size"]
-collator = MLMCollator(cfg.masking, vocab, SPECIAL_TOKEN_IDS)
-model, opt = build_model_and_optimizer(cfg, vocab, torch.device("cpu"))
-step = TrainStep(model, opt, cfg.optim, "bf16", torch.device("cpu"))
+training = build_training(cfg, model_config_for(cfg, corpus.vocab_size, corpus.seq_len, "corpus seq_len"),
+                          SPECIAL_TOKEN_IDS, torch.device("cpu"))
+collator, step = training.collator, training.step()
 gen = torch.Generator().manual_seed(0)
 rng = np.random.default_rng(0)
 losses = []

@@ -50,10 +50,11 @@ def iter_texts(files: list[str], max_docs: int | None):
 
 
 def run_crammer(files: list[str], max_docs: int | None, tokenizer: str, out: str, workers: int) -> dict:
-    from crammer.data.prepare import DataConfig, prepare
+    from crammer.data.config import CorpusConfig
+    from crammer.data.prepare import prepare
 
     cap = f"::max_docs={max_docs}" if max_docs else ""
-    cfg = DataConfig(sources=tuple(f + cap for f in files[:1]) + tuple(files[1:]), out=out, tokenizer=tokenizer,
+    cfg = CorpusConfig(sources=tuple(f + cap for f in files[:1]) + tuple(files[1:]), out=out, tokenizer=tokenizer,
                      seq_len=SEQ_LEN, workers=workers)
     start = time.perf_counter()
     prepare(cfg, progress=False)
@@ -152,11 +153,12 @@ def main() -> None:
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="crammer-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
 
-    from crammer.data.prepare import DataConfig, prepare
+    from crammer.data.config import CorpusConfig
+    from crammer.data.prepare import prepare
 
     start = time.perf_counter()
     tok_dir = scratch / "tokenizer-corpus"
-    prepare(DataConfig(sources=(shards[0] + "::max_docs=400",), out=str(tok_dir), vocab_size=args.vocab_size,
+    prepare(CorpusConfig(sources=(shards[0] + "::max_docs=400",), out=str(tok_dir), vocab_size=args.vocab_size,
                        seq_len=SEQ_LEN), progress=False)
     tok_seconds = time.perf_counter() - start
 

@@ -27,7 +27,9 @@ from crammer.train.bench import SPECIAL_TOKEN_IDS, hf_bert_baseline, synthetic_b
 from crammer.train.config import make_pretrain_config
 from crammer.train.masking import MLMCollator
 from crammer.train.metrics import peak_flops
-from crammer.train.step import TrainStep, build_model_and_optimizer, build_optimizer, configure_backends
+from crammer.runtime import configure_backends
+from crammer.train.setup import build_optimizer, build_training, model_config_for
+from crammer.train.step import TrainStep
 
 CATEGORIES = [  # first match wins; matched against the lower-cased kernel name
     ("attention", r"flash|fmha|attention|sdpa"),
@@ -105,7 +107,9 @@ def _run_variant(name, args, collator, peak, *, micro_batch, compile_mode, induc
     cfg = make_pretrain_config("crammed-bert", [])
     optim = cfg.optim if grad_clip is None else dataclasses.replace(cfg.optim, grad_clip=grad_clip)
     device = torch.device("cuda")
-    model, optimizer = build_model_and_optimizer(cfg, args.vocab_size, device)
+    training = build_training(cfg, model_config_for(cfg, args.vocab_size, args.seq_len, "--seq-len"),
+                              SPECIAL_TOKEN_IDS, device)
+    model, optimizer = training.model, training.optimizer
     flops = training_flops_per_token(model.config, args.seq_len, cfg.masking.fraction)
     if hf:
         config = model.config

@@ -7,7 +7,8 @@ from typing import Literal
 
 import pytest
 
-from crammer.config import apply_overrides, config_hash, parse_duration, pick_preset, to_dict
+from crammer.config import (apply_overrides, check_literals, config_hash, parse_duration, pick_preset,
+                            split_assignment, to_dict)
 from crammer.errors import CrammerError
 
 
@@ -81,3 +82,43 @@ def test_pick_preset_lists_choices():
     assert pick_preset({"a": 1, "b": 2}, "b") == 2
     with pytest.raises(CrammerError, match="choose from: a, b"):
         pick_preset({"a": 1, "b": 2}, "c")
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A config whose `part.K=V` keys belong to another component, and one key that is not an override."""
+
+    name: str = "x"
+    mode: Literal["a", "b"] | None = None
+    part_overrides: tuple[str, ...] = ()
+    inner: Inner = field(default_factory=Inner)
+
+    OVERRIDE_ROUTES = {"part": ("part_overrides", lambda key, value: f"{key}={int(value)}")}
+    FIXED_KEYS = {"name": "set it with --name"}
+
+
+def test_routed_keys_are_parsed_by_their_component_and_fixed_keys_refused():
+    cfg = apply_overrides(Routed(), ["part.layers=3", "part.width=8", "mode=b", "mode=none"])
+    assert cfg.part_overrides == ("layers=3", "width=8") and cfg.mode is None
+    with pytest.raises(ValueError):  # the component's parser decides what is valid
+        apply_overrides(Routed(), ["part.layers=three"])
+    with pytest.raises(CrammerError, match=r"name=y: name is not an override \(set it with --name\)"):
+        apply_overrides(Routed(), ["name=y"])
+    with pytest.raises(CrammerError, match=r"known here: inner, mode, part_overrides\)"):
+        apply_overrides(Routed(), ["nope=1"])
+
+
+def test_check_literals_walks_sections_and_allows_none_where_the_type_does():
+    check_literals(Outer(), "cfg ")
+    check_literals(Routed(mode=None), "cfg ")
+    with pytest.raises(CrammerError, match=r"^cfg mode='c' is not one of a, b$"):
+        check_literals(Outer(mode="c"), "cfg ")
+    with pytest.raises(CrammerError, match=r"^cfg mode='c' is not one of a, b$"):
+        check_literals(Routed(mode="c"), "cfg ")
+
+
+def test_split_assignment_is_the_one_key_value_parser():
+    assert split_assignment(" a.b = c=d ") == ("a.b", "c=d")
+    for bad in ("novalue", "=3"):
+        with pytest.raises(CrammerError, match="expected key=value"):
+            split_assignment(bad)

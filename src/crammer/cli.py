@@ -1,7 +1,8 @@
 """The `cram` command line: a thin dispatcher; each stage package owns its subcommands.
 
 Each module in COMMAND_MODULES exposes `register(subparsers)`, which adds its subcommand(s) and sets
-`func` on them. A CrammerError becomes one line on stderr and exit status 2.
+`func` on them. Registering imports only configs (no torch, no transformers), so `cram --help` is quick;
+a command imports what it runs. A CrammerError becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from crammer import __version__
 from crammer.errors import CrammerError
 
 COMMAND_MODULES = [
-    "crammer.data.cli",
-    "crammer.train.cli",
-    "crammer.train.bench",
-    "crammer.report.cli",
-    "crammer.eval.cli",
+    "crammer.data.cli",  # data prepare, data inspect
+    "crammer.train.cli",  # pretrain, plot, bench, plan
+    "crammer.eval.cli",  # glue
+    "crammer.pipeline.cli",  # run
+    "crammer.report.cli",  # report
 ]
 
 

@@ -89,24 +89,45 @@ def parse_value(value: str, tp: Any, key: str) -> Any:
     raise CrammerError(f"{key}: cannot set a field of type {tp} from the command line")
 
 
+def split_assignment(item: str, what: str = "override") -> tuple[str, str]:
+    """'a.b=value' -> ('a.b', 'value'): the one place a `key=value` string is taken apart."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise CrammerError(f"bad {what} {item!r}: expected key=value")
+    return key.strip(), value.strip()
+
+
 def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
-    """Return a copy of dataclass `cfg` with `a.b.c=value` overrides applied (typed, validated)."""
+    """Return a copy of dataclass `cfg` with `a.b.c=value` overrides applied (typed, validated).
+
+    Two class attributes of a config dataclass steer its keys:
+    - `OVERRIDE_ROUTES = {"model": ("model_overrides", parse)}`: `model.K=V` is checked by `parse(K, V)`
+      (which returns the canonical `K=V` string) and appended to the tuple field `model_overrides`; the
+      keys of another component's config (the model's) go through this same path, typed at parse time.
+    - `FIXED_KEYS = {"protocol": "why"}`: keys that are not overrides, refused with the reason.
+    """
     for item in overrides:
-        if "=" not in item:
-            raise CrammerError(f"bad override {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        cfg = _set(cfg, key.strip().split("."), value.strip(), key.strip())
+        key, value = split_assignment(item)
+        cfg = _set(cfg, key.split("."), value, key)
     return cfg
 
 
 def _set(obj: Any, path: list[str], value: str, full_key: str) -> Any:
     if not dataclasses.is_dataclass(obj):
         raise CrammerError(f"unknown config key {full_key!r}")
+    name = path[0]
+    fixed = getattr(type(obj), "FIXED_KEYS", {})
+    if name in fixed:
+        raise CrammerError(f"{full_key}={value}: {name} is not an override ({fixed[name]})")
+    routes = getattr(type(obj), "OVERRIDE_ROUTES", {})
+    if name in routes and len(path) > 1:
+        target, parse = routes[name]
+        item = parse(".".join(path[1:]), value)
+        return dataclasses.replace(obj, **{target: (*getattr(obj, target), item)})
     hints = typing.get_type_hints(type(obj))
     fields = {f.name: f for f in dataclasses.fields(obj)}
-    name = path[0]
     if name not in fields:
-        known = ", ".join(sorted(fields))
+        known = ", ".join(sorted(set(fields) - set(fixed)))
         raise CrammerError(f"unknown config key {full_key!r} (known here: {known})")
     current = getattr(obj, name)
     if len(path) > 1:
@@ -116,6 +137,35 @@ def _set(obj: Any, path: list[str], value: str, full_key: str) -> Any:
             raise CrammerError(f"config key {full_key!r} is a section; set one of its fields")
         new = parse_value(value, hints[name], full_key)
     return dataclasses.replace(obj, **{name: new})
+
+
+def _choices(tp: Any) -> tuple[tuple[Any, ...], bool] | None:
+    """(allowed values, None allowed) of a Literal or Optional[Literal] annotation; None for other types."""
+    if get_origin(tp) is typing.Literal:
+        return get_args(tp), False
+    if get_origin(tp) in (Union, types.UnionType):
+        literals = [a for a in get_args(tp) if get_origin(a) is typing.Literal]
+        if literals:
+            return tuple(c for a in literals for c in get_args(a)), type(None) in get_args(tp)
+    return None
+
+
+def check_literals(cfg: Any, where: str) -> None:
+    """Raise a CrammerError naming the first `Literal` field (nested sections included) whose value is not
+    one of its choices. Overrides are checked when parsed; this covers configs built in Python, where a
+    typo would otherwise pass silently (`precision="bf17"` training without a scaler)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_literals(value, f"{where}{f.name}.")
+            continue
+        found = _choices(hints[f.name])
+        if found is None:
+            continue
+        allowed, nullable = found
+        if value not in allowed and not (nullable and value is None):
+            raise CrammerError(f"{where}{f.name}={value!r} is not one of {', '.join(map(str, allowed))}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

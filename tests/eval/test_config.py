@@ -51,9 +51,9 @@ def test_a_config_built_in_code_is_checked_too():
     """`cram run` validates its GLUE settings by building the config: no check may wait for the run."""
     with pytest.raises(CrammerError, match="lr must be a positive number"):
         GlueConfig(lr=-1.0)
-    with pytest.raises(CrammerError, match="schedule must be one of cosine, linear, got 'step'"):
+    with pytest.raises(CrammerError, match="glue config: schedule='step' is not one of cosine, linear"):
         GlueConfig(schedule="step")
-    with pytest.raises(CrammerError, match="precision must be one of"):
+    with pytest.raises(CrammerError, match="glue config: precision='fp16' is not one of auto, bf16, fp32"):
         GlueConfig(precision="fp16")
 
 

@@ -82,7 +82,7 @@ def test_model_identity_follows_the_folder_and_its_files(tiny_bert, tmp_path, mo
 def test_check_max_length():
     config = BertConfig(max_position_embeddings=128)
     check_max_length(128, config, "m")
-    with pytest.raises(CrammerError, match="max_length=129 exceeds max_position_embeddings=128 of m; use max_length="
+    with pytest.raises(CrammerError, match="max_length=129 exceeds the max_position_embeddings=128 of m; use max_length="
                                            "128 or less"):
         check_max_length(129, config, "m")
     check_max_length(4096, object(), "a model without a position table")

@@ -166,7 +166,7 @@ def test_max_length_beyond_the_position_table_is_refused_up_front(tiny_bert, glu
                  str(tmp_path / "o"), "max_length=512"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and not fake_trials and not (tmp_path / "o").exists()
-    assert "max_length=512 exceeds max_position_embeddings=128 of --model" in err[0]
+    assert "max_length=512 exceeds the max_position_embeddings=128 of --model" in err[0]
 
 
 def test_inputs_are_truncated_to_max_length(tiny_bert, glue_dir, tmp_path, fake_trials):

@@ -1,4 +1,5 @@
-"""Fixtures for the pretraining stage: the real Wikipedia sample prepared once per session."""
+"""Fixtures for the pretraining stage: the real Wikipedia sample (and the offline smoke corpus) prepared
+once per session."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from crammer.data.prepare import DataConfig, prepare
+from crammer.data.config import CorpusConfig
+from crammer.data.prepare import prepare
 from crammer.train.config import make_pretrain_config
 
 
@@ -26,7 +28,15 @@ def one_intra_op_thread():
 def corpus(wiki_sample: Path, tmp_path_factory) -> Path:
     """`sample.txt` with a 2000-token vocab in 64-token blocks (~8k sequences)."""
     out = tmp_path_factory.mktemp("train-corpus") / "data"
-    return prepare(DataConfig(sources=(str(wiki_sample),), out=str(out), vocab_size=2000, seq_len=64), progress=False)
+    return prepare(CorpusConfig(sources=(str(wiki_sample),), out=str(out), vocab_size=2000, seq_len=64),
+                   progress=False)
+
+
+@pytest.fixture(scope="session")
+def pydoc_corpus(tmp_path_factory) -> Path:
+    """CPython's bundled docs (the demo's offline corpus) with a 2000-token vocab in 128-token blocks."""
+    out = tmp_path_factory.mktemp("plan-corpus") / "data"
+    return prepare(CorpusConfig(sources=("pydoc",), out=str(out), vocab_size=2000), progress=False)
 
 
 def tiny(overrides=(), tokens: int | None = None, seconds: float | None = None):
@@ -38,3 +48,12 @@ def tiny(overrides=(), tokens: int | None = None, seconds: float | None = None):
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def model_and_optimizer(cfg, vocab_size: int, device: torch.device = torch.device("cpu")):
+    """The model and AdamW that pretraining builds for `cfg` (the set-up of crammer.train.setup)."""
+    from crammer.train.setup import build_training, model_config_for
+
+    special = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+    training = build_training(cfg, model_config_for(cfg, vocab_size, 1, "seq_len"), special, device)
+    return training.model, training.optimizer

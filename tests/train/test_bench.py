@@ -10,7 +10,7 @@ import torch
 from crammer.cli import main
 from crammer.errors import CrammerError
 from crammer.model import make_config, training_flops_per_token
-from crammer.train.bench import hf_bert_baseline, time_steps
+from crammer.train.bench import choose_compile_mode, hf_bert_baseline, time_steps
 
 TINY = ["bench", "--preset", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--seq-len", "32",
         "--vocab-size", "512"]
@@ -73,7 +73,7 @@ def test_time_steps_reports_warmup_and_median():
 @pytest.mark.parametrize("args, message", [
     (["--micro-batch", "big"], "--micro-batch must be 'auto' or numbers"),
     (["--micro-batch", "0"], "--micro-batch values must be positive"),
-    (["--seq-len", "4096", "--micro-batch", "2"], "exceeds the model's max_position_embeddings"),
+    (["--seq-len", "4096", "--micro-batch", "2"], "--seq-len=4096 exceeds the max_position_embeddings=128"),
     (["--steps", "0"], "--steps must be at least 1"),
     (["--warmup", "0"], "--warmup must be at least 1"),
     (["--accumulate", "0"], "--accumulate must be at least 1"),
@@ -91,13 +91,11 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     assert "--device=cuda but CUDA is not available" in capsys.readouterr().err
 
 
-def test_compile_setting_of_the_preset_is_honoured(monkeypatch, capsys):
+def test_compile_setting_of_the_preset_is_honoured(capsys):
     """Without --compile the bench follows the recipe's `compile` key, like `cram pretrain` does."""
-    import crammer.train.bench as bench
-
-    modes = []
-    monkeypatch.setattr(bench, "_maybe_compile", lambda model, mode: modes.append(mode) or model)
-    assert main([*TINY, "--micro-batch", "2", "--compare", "none", "compile=true"]) == 0
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert choose_compile_mode(None, True, cpu) == "default" and choose_compile_mode(None, None, cpu) == "none"
+    assert choose_compile_mode(None, None, gpu) == "default" and choose_compile_mode(None, False, gpu) == "none"
+    assert choose_compile_mode("max-autotune", False, cpu) == "max-autotune"
     assert main([*TINY, "--micro-batch", "2", "--compare", "none"]) == 0
-    assert modes == ["default", "none"]  # on CPU the unset key means: no compile
-    assert "crammer tiny (default)" in capsys.readouterr().out
+    assert "crammer tiny (none)" in capsys.readouterr().out  # on CPU the unset key means: no compile

@@ -5,14 +5,13 @@ import torch
 
 from crammer.errors import CrammerError
 from crammer.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from crammer.train.step import build_model_and_optimizer
-from tests.train.conftest import tiny
+from tests.train.conftest import model_and_optimizer, tiny
 
 CPU = torch.device("cpu")
 
 
 def trained(seed=0):
-    model, optimizer = build_model_and_optimizer(tiny([f"seed={seed}"]), 300, CPU)
+    model, optimizer = model_and_optimizer(tiny([f"seed={seed}"]), 300, CPU)
     loss = model(input_ids=torch.randint(5, 300, (2, 16)), labels=torch.randint(5, 300, (2, 16))).loss
     loss.backward()
     optimizer.step()

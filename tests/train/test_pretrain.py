@@ -1,23 +1,20 @@
-import dataclasses
 import json
 import re
 import signal
-import types
+import threading
 
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from crammer.cli import main
-from crammer.data import PackedCorpus
 from crammer.errors import CrammerError
 from crammer.model import make_config, training_flops_per_token
 from crammer.train.checkpoint import list_checkpoints
 from crammer.train.config import ScheduleConfig
-from crammer.train import loop
-from crammer.train.loop import Pretrainer, pretrain
+from crammer.train.loop import Pretrainer, TrainingInterrupted, pretrain
 from crammer.train.schedules import lr_multiplier
-from crammer.train.step import check_corpus_fits_model
+from crammer.train.setup import model_config_for
 from tests.train.conftest import metrics, tiny
 
 
@@ -60,19 +57,41 @@ def test_wall_clock_budget_ends_at_the_deadline(corpus, tmp_path):
     assert all(r["lr"] == pytest.approx(2e-3 * triangle(r["progress"])) for r in records)
 
 
-def test_large_steps_are_trimmed_at_the_deadline(corpus, tmp_path, monkeypatch):
+class HookedStep:
+    """The trainer's own TrainStep with `before(batches)` run first: how a test injects time or a signal."""
+
+    def __init__(self, step, before):
+        self.step, self.before = step, before
+
+    def __call__(self, batches, lr):
+        self.before(batches)
+        return self.step(batches, lr)
+
+    def __getattr__(self, name):  # state_dict, scaler, ...
+        return getattr(self.step, name)
+
+
+class FakeClock:
+    """A time source for the budget that moves only when a test says so."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_large_steps_are_trimmed_at_the_deadline(corpus, tmp_path):
     # A clock that advances 50 ms per micro-batch: 64 micro-batches per step from the start make each step
     # 3.2 s of a 10 s budget, so an untrimmed last step would end up to 3.2 s late.
-    clock = {"now": 1000.0}
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
-    trainer = Pretrainer(tiny(["batch.target=512", "batch.ramp=0"], seconds=10.0), corpus, tmp_path / "run")
-    real_step = trainer.train_step
+    clock = FakeClock()
+    trainer = Pretrainer(tiny(["batch.target=512", "batch.ramp=0"], seconds=10.0), corpus, tmp_path / "run",
+                         now=clock)
 
-    def slow_step(batches, lr):
-        clock["now"] += 0.05 * len(batches)
-        return real_step(batches, lr)
+    def slow(batches):
+        clock.now += 0.05 * len(batches)
 
-    trainer.train_step = slow_step
+    trainer.train_step = HookedStep(trainer.train_step, slow)
     final = trainer.run()
     info = json.loads((final / "pretraining.json").read_text())
     accumulations = [r["accumulation"] for r in metrics(tmp_path / "run")]
@@ -152,31 +171,32 @@ def test_optional_loggers_are_real_or_a_clear_error(corpus, tmp_path):
             pretrain(tiny(["logging.wandb=true"]), corpus, tmp_path / "run-wandb")
 
 
-def test_a_failed_setup_stops_the_prefetch_thread(corpus, tmp_path, monkeypatch):
-    """An error after the data stream started (e.g. a logger that cannot start) must not leave its thread."""
-    import threading
-
-    def broken_metrics(*args, **kwargs):
-        raise CrammerError("metrics: cannot start")
-
-    monkeypatch.setattr(loop, "MetricsLog", broken_metrics)
-    with pytest.raises(CrammerError, match="metrics: cannot start"):
-        Pretrainer(tiny(), corpus, tmp_path / "run")
+def test_a_failed_setup_leaves_no_prefetch_thread(corpus, tmp_path):
+    """A logger that cannot start (W&B asked for, not installed) fails the set-up before the data stream's
+    thread starts, so no thread is left behind."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("wandb is installed: its logger starts")
+    with pytest.raises(CrammerError, match="needs Weights & Biases"):
+        Pretrainer(tiny(["logging.wandb=true"]), corpus, tmp_path / "run")
     assert not [t for t in threading.enumerate() if t.name == "crammer-loader" and t.is_alive()]
 
 
 def test_a_corpus_longer_than_the_model_positions_fails_before_set_up(corpus, tmp_path, capsys):
     """The 64-token corpus and a 32-position model: one line naming the folder and the override, and
     nothing written, instead of a ValueError from inside the first forward pass."""
-    expected = (f"{corpus}: corpus sequences of 64 tokens exceed the 'tiny' model's max_position_embeddings=32; "
-                "pass model.max_position_embeddings=64")
+    expected = (f"{corpus}: corpus seq_len=64 exceeds the max_position_embeddings=32 of the 'tiny' model; "
+                "pass model.max_position_embeddings=64 or use sequences of at most 32 tokens")
     with pytest.raises(CrammerError, match=re.escape(expected)):
         Pretrainer(tiny(["model.max_position_embeddings=32"]), corpus, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     assert main(["pretrain", "--data", str(corpus), "--out", str(tmp_path / "run"), "--preset", "tiny",
                  "--budget", "5s", "model.max_position_embeddings=32"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
-    check_corpus_fits_model(tiny(["model.max_position_embeddings=64"]), PackedCorpus(corpus))  # exactly fits
+    model_config_for(tiny(["model.max_position_embeddings=64"]), 2000, 64, "corpus seq_len")  # exactly fits
 
 
 def test_gradscaler_back_offs_do_not_trip_the_nan_guard(corpus, tmp_path):
@@ -208,20 +228,18 @@ def test_resuming_a_finished_run_leaves_it_alone(corpus, tmp_path, capsys):
     assert "different config (optim)" in capsys.readouterr().err
 
 
-def test_time_based_checkpoints_follow_the_clock_but_skip_the_deadline(corpus, tmp_path, monkeypatch):
+def test_time_based_checkpoints_follow_the_clock_but_skip_the_deadline(corpus, tmp_path):
     """checkpoint.every_seconds=5 on a 10 s budget, one second per step: a checkpoint after step 5; the one
     falling due at the deadline is not written, since final/ is saved right after it."""
-    clock = {"now": 1000.0}
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
+    clock = FakeClock()
     cfg = tiny(["batch.target=8", "checkpoint.every_seconds=5", "checkpoint.keep=10"], seconds=10.0)
-    real_step = loop.TrainStep.__call__
+    trainer = Pretrainer(cfg, corpus, tmp_path / "run", now=clock)
 
-    def one_second_step(self, batches, lr):
-        clock["now"] += 1.0
-        return real_step(self, batches, lr)
+    def one_second(batches):
+        clock.now += 1.0
 
-    monkeypatch.setattr(loop.TrainStep, "__call__", one_second_step)
-    final = Pretrainer(cfg, corpus, tmp_path / "run").run()
+    trainer.train_step = HookedStep(trainer.train_step, one_second)
+    final = trainer.run()
     assert json.loads((final / "pretraining.json").read_text())["steps"] == 10
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000005"]
 
@@ -235,33 +253,15 @@ def test_peak_tflops_gives_mfu_without_a_gpu(corpus, tmp_path):
         assert r["mfu"] == pytest.approx(r["tokens_per_s"] * flops_per_token / 0.5e12)
 
 
-def test_auto_sizing_probe_peak_is_not_logged_as_training_peak(monkeypatch):
-    """The micro-batch probe fills the GPU on purpose; cuda_max_allocated_gb must measure training."""
-    calls = []
-    monkeypatch.setattr(loop, "auto_micro_batch", lambda *args: calls.append("size") or 64)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device)))
-    cfg = tiny()
-    gpu = torch.device("cuda", 0)
-    trainer = types.SimpleNamespace(
-        cfg=dataclasses.replace(cfg, batch=dataclasses.replace(cfg.batch, micro_batch=None)),
-        device=gpu, dist=loop.Distributed(device=gpu), model=None, collator=None,
-        corpus=types.SimpleNamespace(seq_len=64), precision="bf16",
-    )
-    assert Pretrainer._choose_micro_batch(trainer) == 64
-    assert calls == ["size", ("reset", gpu)]
-
-
-def test_a_signal_on_a_checkpoint_step_writes_the_stop_checkpoint_once(corpus, tmp_path, monkeypatch):
+def test_a_signal_on_a_checkpoint_step_writes_the_stop_checkpoint_once(corpus, tmp_path):
     trainer = Pretrainer(tiny(["batch.target=8", "checkpoint.every_steps=3"]), corpus, tmp_path / "run")
-    real_step = loop.TrainStep.__call__
 
-    def signalled_during_step_3(self, batches, lr):
-        if trainer.state["step"] == 2:
+    def signalled_during_step_3(batches):
+        if trainer.state.step == 2:
             trainer.signal_received = signal.SIGTERM
-        return real_step(self, batches, lr)
 
-    monkeypatch.setattr(loop.TrainStep, "__call__", signalled_during_step_3)
-    with pytest.raises(loop.TrainingInterrupted, match="stopped by SIGTERM at step 3"):
+    trainer.train_step = HookedStep(trainer.train_step, signalled_during_step_3)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at step 3"):
         trainer.run()
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000003"]
     assert not (tmp_path / "run" / "final").exists()

@@ -12,9 +12,8 @@ import torch.multiprocessing as mp
 
 from crammer.train.checkpoint import latest_checkpoint, load_checkpoint
 from crammer.train.loop import pretrain
-from crammer.train.step import build_model_and_optimizer
 from tests.conftest import REPO_ROOT
-from tests.train.conftest import metrics, tiny
+from tests.train.conftest import metrics, model_and_optimizer, tiny
 
 TOKENS = 64 * 16 * 30
 
@@ -45,7 +44,7 @@ def test_sigterm_checkpoint_then_resume_reproduces_the_uninterrupted_run(corpus,
     checkpoint = latest_checkpoint(run)
     stopped_at = int(checkpoint.name.split("-")[1])
     assert stopped_at >= 7 and not (run / "final").exists()
-    model, optimizer = build_model_and_optimizer(tiny(), 2000, torch.device("cpu"))
+    model, optimizer = model_and_optimizer(tiny(), 2000, torch.device("cpu"))
     state, _ = load_checkpoint(checkpoint, model, optimizer, torch.device("cpu"))
     assert state["step"] == stopped_at and state["elapsed"] > 0
 

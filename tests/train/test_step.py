@@ -4,16 +4,11 @@ import dataclasses
 import pytest
 import torch
 
-from crammer.train.config import MaskingConfig, OptimConfig
+from crammer.runtime import parameter_groups
+from crammer.train.config import MaskingConfig
 from crammer.train.masking import MLMCollator
-from crammer.train.step import (
-    TrainStep,
-    build_model_and_optimizer,
-    even_micro_batch,
-    largest_fitting,
-    parameter_groups,
-    should_compile,
-)
+from crammer.train.setup import build_training, model_config_for
+from crammer.train.step import TrainStep
 from tests.train.conftest import tiny
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
@@ -29,8 +24,8 @@ def batches(n, rows=4, seq_len=32, seed=0):
 def setup(**optim):
     cfg = tiny()
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **optim))
-    model, optimizer = build_model_and_optimizer(cfg, 500, CPU)
-    return model, optimizer, cfg.optim
+    training = build_training(cfg, model_config_for(cfg, 500, 32, "seq_len"), SPECIAL, CPU)
+    return training.model, training.optimizer, cfg.optim
 
 
 def test_weight_decay_skips_norms_and_biases():
@@ -106,48 +101,6 @@ def test_compiled_model_trains_like_eager():
     a = [TrainStep(eager, opt_e, cfg, "fp32", CPU)(data, 1e-3).loss.item() for _ in range(2)]
     b = [TrainStep(compiled, opt_c, cfg, "fp32", CPU)(data, 1e-3).loss.item() for _ in range(2)]
     assert a == pytest.approx(b, rel=1e-3)
-
-
-def test_largest_fitting_micro_batch_search():
-    for capacity in (1, 8, 37, 100, 1000, 5000):
-        probed = []
-
-        def fits(n):
-            probed.append(n)
-            return n <= capacity
-
-        found = largest_fitting(fits, limit=8192)
-        assert found <= capacity and (found == capacity or capacity - found < 8)
-        assert len(probed) < 25
-    assert largest_fitting(lambda n: True, limit=300) == 300
-    with pytest.raises(Exception, match="not even a micro-batch of 1"):
-        largest_fitting(lambda n: False, limit=64)
-
-
-@pytest.mark.parametrize("fitting, target, expected", [(1080, 8192, 1024), (80, 8192, 80), (8192, 8192, 8192),
-                                                        (9000, 8192, 8192), (1000, 8192, 912), (5, 8192, 5)])
-def test_even_micro_batch_keeps_steps_and_avoids_overshoot(fitting, target, expected):
-    size = even_micro_batch(fitting, target)
-    assert size == expected
-    assert size <= fitting
-    assert -(-target // size) == -(-target // min(fitting, target))  # same number of accumulation steps
-
-
-def test_compile_defaults_to_cuda_only():
-    assert should_compile(None, torch.device("cuda")) and not should_compile(None, torch.device("cpu"))
-    assert should_compile(True, torch.device("cpu")) and not should_compile(False, torch.device("cuda"))
-
-
-def test_auto_micro_batch_is_the_largest_fit_evened_to_the_target(monkeypatch):
-    """One rule for pretrain, plan and bench: 1080 fits, 8192 is the target -> 8 x 1024, not 8 x 1080."""
-    import crammer.train.step as step
-
-    probed = []
-    monkeypatch.setattr(step, "cuda_memory_probe",
-                        lambda *args: (lambda n: probed.append(n) or n <= 1080))
-    assert step.auto_micro_batch(None, None, 128, "bf16", 0.9, target=8192) == 1024
-    assert max(probed) > 1080  # it searched past the limit before settling
-    assert step.auto_micro_batch(None, None, 128, "bf16", 0.9, target=100) == 100
 
 
 def test_gradscaler_overflow_is_a_back_off_not_a_nonfinite_step():

@@ -1,4 +1,8 @@
-"""`cram data prepare` and `cram data inspect`."""
+"""`cram data prepare` and `cram data inspect`.
+
+Only the config is imported here: `cram` builds every stage's parser on each call, so the pipeline
+(tokenizers, tqdm, numpy shards) is imported when a command runs.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,10 @@ import dataclasses
 import os
 
 from crammer.config import apply_overrides, pick_preset
-from crammer.data.packed import PackedCorpus
-from crammer.data.prepare import ORDERS, PRESETS, DataConfig, prepare
+from crammer.data.config import ORDERS, PRESETS, CorpusConfig
 from crammer.errors import CrammerError
 
-# flag -> DataConfig field; a flag left unset keeps the preset's value
+# flag -> CorpusConfig field; a flag left unset keeps the preset's value
 _FLAGS = {
     "out": "out", "vocab_size": "vocab_size", "seq_len": "seq_len", "filter_ratio": "filter_ratio",
     "order": "order", "max_docs": "max_docs", "seed": "seed", "tokenizer": "tokenizer",
@@ -52,7 +55,7 @@ def register(subparsers) -> None:
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip and count bad records")
     p.add_argument("--workers", type=int, help=f"tokenizer threads (default: one per CPU, {os.cpu_count()} here)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="set any DataConfig field")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="set any CorpusConfig field")
     p.set_defaults(func=_prepare)
 
     i = sub.add_parser("inspect", help="print a prepared corpus's statistics and a few decoded sequences")
@@ -61,11 +64,11 @@ def register(subparsers) -> None:
     i.set_defaults(func=_inspect)
 
 
-def config_from_args(args: argparse.Namespace) -> DataConfig:
+def config_from_args(args: argparse.Namespace) -> CorpusConfig:
     if args.preset:
         cfg = pick_preset(PRESETS, args.preset, "data preset")
     elif args.source:
-        cfg = DataConfig()
+        cfg = CorpusConfig()
     else:
         raise CrammerError("data prepare: give --source SRC (e.g. --source pydoc offline) or --preset NAME")
     changes = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
@@ -79,22 +82,27 @@ def config_from_args(args: argparse.Namespace) -> DataConfig:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from crammer.data.prepare import prepare
+
     prepare(config_from_args(args), progress=not args.quiet)
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from crammer.data.packed import PackedCorpus
+
     corpus = PackedCorpus(args.path)
     m = corpus.manifest
-    print(f"{corpus.path}: {m['format']}, {len(corpus)} sequences x {corpus.seq_len} tokens = "
-          f"{corpus.num_tokens:,} tokens, vocab {corpus.vocab_size} ({m['dtype']}), {len(m['shards'])} shard(s)")
-    if m.get("smoke_corpus"):
-        print(f"note: {m['note']}")
-    print(f"sources: {', '.join(m['sources'])}")
-    print(f"config {m['config_hash']}: " + ", ".join(
-        f"{k}={m['config'][k]}" for k in ("vocab_size", "seq_len", "filter_ratio", "order", "dedup", "max_docs")))
-    print("counts: " + ", ".join(f"{k}={v:,}" for k, v in m["counts"].items() if isinstance(v, int)))
-    print(f"time: {m['seconds']:.1f}s (tokenizer {m.get('tokenizer_seconds', 0):.1f}s)")
+    print(f"{corpus.path}: {m.format}, {len(corpus)} sequences x {corpus.seq_len} tokens = "
+          f"{corpus.num_tokens:,} tokens, vocab {corpus.vocab_size} ({m.dtype}), {len(m.shards)} shard(s)")
+    if m.smoke_corpus:
+        print(f"note: {m.note}")
+    print(f"sources: {', '.join(m.sources)}")
+    print(f"config {m.config_hash}: " + ", ".join(
+        f"{k}={m.config[k]}" for k in ("vocab_size", "seq_len", "filter_ratio", "order", "dedup", "max_docs")))
+    counts = sorted(dataclasses.asdict(m.counts).items())  # in the manifest file's order
+    print("counts: " + ", ".join(f"{k}={v:,}" for k, v in counts if isinstance(v, int)))
+    print(f"time: {m.seconds:.1f}s (tokenizer {m.tokenizer_seconds:.1f}s)")
     tok = corpus.tokenizer()
     for index in range(min(args.num, len(corpus))):
         text = tok.decode(corpus[index].tolist(), skip_special_tokens=False)

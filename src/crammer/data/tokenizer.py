@@ -7,6 +7,7 @@ the corpus was prepared.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -76,10 +77,15 @@ def _wordpiece(vocab: dict[str, int] | None, normalizer: normalizers.Normalizer,
     return tok
 
 
+def _given_file(name_or_path: str) -> Path:
+    """The file of a given tokenizer: the path itself, or the `tokenizer.json` in a folder."""
+    given = Path(name_or_path).expanduser()
+    return given / "tokenizer.json" if given.is_dir() else given
+
+
 def load_tokenizer(name_or_path: str) -> Tokenizer:
     """A given tokenizer: a `tokenizer.json`, a folder holding one, or a hub name (needs network)."""
-    given = Path(name_or_path).expanduser()
-    path = given / "tokenizer.json" if given.is_dir() else given
+    given, path = Path(name_or_path).expanduser(), _given_file(name_or_path)
     if path.is_file():
         try:
             tok = Tokenizer.from_file(str(path))
@@ -105,6 +111,15 @@ def load_tokenizer(name_or_path: str) -> Tokenizer:
     tok.no_truncation()
     tok.no_padding()
     return tok
+
+
+def tokenizer_fingerprint(name_or_path: str | None) -> str | None:
+    """The content hash of a given local tokenizer (its path alone would not notice an edit or a swap), the hub
+    name of a remote one, None when the tokenizer is trained here (the recipe hash covers that)."""
+    if not name_or_path:
+        return None
+    path = _given_file(name_or_path)
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else name_or_path
 
 
 def special_token_ids(tok: Tokenizer) -> dict[str, int]:

@@ -7,13 +7,11 @@ number of epochs, the score taken after the last one, the median over several se
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import typing
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from crammer.config import apply_overrides, config_hash, pick_preset, to_dict
+from crammer.config import apply_overrides, check_literals, config_hash, pick_preset, to_dict
 from crammer.errors import CrammerError
 from crammer.eval.tasks import ALL_TASKS, parse_tasks
 
@@ -48,9 +46,13 @@ class GlueConfig:
     glue_dir: str | None = None  # local glue_data folder; None = the Hugging Face hub (nyu-mll/glue)
     skip_malformed_rows: bool = False  # drop rows with missing fields / unknown labels instead of failing
 
+    # `protocol=` would only relabel the results: the preset's hyper-parameters come from the protocol's name.
+    FIXED_KEYS = {"protocol": "it would relabel the results without changing the hyper-parameters; `cram glue` "
+                              "picks the preset with --protocol, `cram run` with --glue-protocol"}
+
     def __post_init__(self) -> None:
         """Every value is checked here, so a config that exists is one a run accepts (bar the model and
-        the machine: see `finetune.check_max_length` and `finetune.resolve_device`)."""
+        the machine: see `finetune.check_max_length` and `crammer.runtime.resolve_device`)."""
         for name in ("trials", "batch_size", "epochs", "max_length", "eval_batch_size", "bucket_batches",
                      "pad_multiple"):
             if getattr(self, name) < 1:
@@ -63,11 +65,7 @@ class GlueConfig:
             raise CrammerError(f"glue config: lr must be a positive number, got {self.lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise CrammerError(f"glue config: weight_decay must be >= 0, got {self.weight_decay}")
-        for name in ("schedule", "precision"):  # Literal fields: overrides check them, direct construction not
-            allowed = typing.get_args(typing.get_type_hints(GlueConfig)[name])
-            if getattr(self, name) not in allowed:
-                raise CrammerError(f"glue config: {name} must be one of {', '.join(allowed)}, "
-                                   f"got {getattr(self, name)!r}")
+        check_literals(self, "glue config: ")
         if not 0 <= self.warmup_fraction < 1:
             raise CrammerError(f"glue config: warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0 <= self.dropout < 1:
@@ -96,11 +94,4 @@ PROTOCOLS: dict[str, GlueConfig] = {
 
 def make_glue_config(protocol: str = "sane", overrides: Sequence[str] = ()) -> GlueConfig:
     """A protocol preset with `key=value` overrides applied (typed and validated)."""
-    base = pick_preset(PROTOCOLS, protocol, "GLUE protocol")
-    for item in overrides:
-        # `protocol=` would only relabel the results: the preset's hyper-parameters come from `protocol` here
-        if item.partition("=")[0].strip() == "protocol":
-            raise CrammerError(f"{item!r}: protocol is not an override (it would relabel the results without "
-                               f"changing the hyper-parameters); `cram glue` picks the preset with --protocol, "
-                               f"`cram run` with --glue-protocol")
-    return apply_overrides(dataclasses.replace(base), overrides)
+    return apply_overrides(pick_preset(PROTOCOLS, protocol, "GLUE protocol"), overrides)

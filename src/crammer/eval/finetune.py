@@ -1,14 +1,13 @@
 """Fine-tune one model on one task for one seed, then score it on the dev split(s).
 
 Any Hugging Face encoder with a sequence-classification head works: the model is loaded through
-`AutoModelForSequenceClassification` (`import crammer` registers crammed BERT with it), with
+`AutoModelForSequenceClassification` (`import crammer.model` registers crammed BERT with it), with
 a new head sized for the task. Batches are bucketed by length and padded only to a multiple of
 `pad_multiple`, so short GLUE sentences do not pay for 128-token padding.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -19,11 +18,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+import crammer.model  # noqa: F401  (registers model_type "crammed_bert" with the Auto classes)
+
 from crammer.errors import CrammerError
 from crammer.eval.config import GlueConfig
+from crammer.model.presets import check_positions
+from crammer.runtime import autocast, parameter_groups, resolve_precision, should_compile
 from crammer.eval.metrics import compute_metrics
 from crammer.eval.tasks import GlueTask, Split
 
+# How trial files name the autocast dtype.
+TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp32": "float32"}
 # Steps between two readings of the training loss for the progress bar.
 LOSS_EVERY = 50
 # Config fields that hold dropout probabilities across common encoders (BERT, crammed BERT, DistilBERT, ...).
@@ -96,12 +101,9 @@ def load_model_config(model: str):
         raise CrammerError(f"--model {model}: not a loadable model config ({_first_line(e)})") from None
 
 
-def check_max_length(max_length: int, model_config, source: str) -> None:
+def check_max_length(max_length: int, model_config, source: str, setting: str = "glue config: max_length") -> None:
     """Longer inputs than the position table would crash the first long batch, mid-training."""
-    limit = getattr(model_config, "max_position_embeddings", None)
-    if isinstance(limit, int) and max_length > limit:
-        raise CrammerError(f"glue config: max_length={max_length} exceeds max_position_embeddings={limit} "
-                           f"of {source}; use max_length={limit} or less")
+    check_positions(max_length, model_config, setting, source, "use max_length={limit} or less")
 
 
 def load_classifier(model: str, task: GlueTask, dropout: float) -> torch.nn.Module:
@@ -198,34 +200,10 @@ def collate(data: Encoded, indices: list[int], pad_id: int, pad_multiple: int, r
     return batch
 
 
-def resolve_device(name: str, setting: str = "glue config: device") -> torch.device:
-    """A torch device from a user's setting ('auto' = CUDA when available), or an error naming the setting."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CrammerError(f"{setting}={name!r} is not a torch device (auto, cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CrammerError(f"{setting}={name} but CUDA is not available")
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where it pays off (auto: CUDA with bf16 support), or on request; None = fp32."""
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
 def optimizer_and_schedule(model: torch.nn.Module, cfg: GlueConfig, total_steps: int, device: torch.device):
     """AdamW with the same decay groups as pretraining (matrices decay; norms, biases and scales do not),
     and `cfg.schedule` after a linear warm-up over `cfg.warmup_fraction` of the steps."""
     from transformers import get_scheduler
-
-    from crammer.train.step import parameter_groups
 
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, fused=device.type == "cuda")
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=round(cfg.warmup_fraction * total_steps),
@@ -236,8 +214,6 @@ def optimizer_and_schedule(model: torch.nn.Module, cfg: GlueConfig, total_steps:
 def maybe_compile(model: torch.nn.Module, setting: bool | None, device: torch.device):
     """torch.compile as pretraining decides it (None = on CUDA only). `dynamic=True` because every
     bucket has its own length: one graph for all of them instead of a recompile per new length."""
-    from crammer.train.step import should_compile
-
     return torch.compile(model, dynamic=True) if should_compile(setting, device) else model
 
 
@@ -264,8 +240,7 @@ def run_trial(
     set_seed(seed)  # the new head's init, dropout masks and the batch order all follow the seed
     model = load_classifier(model_path, task, cfg.dropout).to(device)
     forward = maybe_compile(model, cfg.compile, device)
-    dtype = autocast_dtype(cfg.precision, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    precision = resolve_precision(cfg.precision, device, fp16=False)  # no gradient scaler here
     generator = torch.Generator().manual_seed(seed)
 
     steps_per_epoch = math.ceil(len(train.labels) / cfg.batch_size)
@@ -280,7 +255,7 @@ def run_trial(
         bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
         for step, indices in enumerate(bar):
             batch = to_device(collate(train, indices, pad_id, cfg.pad_multiple, task.is_regression), device)
-            with autocast():
+            with autocast(precision, device):
                 loss = forward(**batch).loss
             loss.backward()
             optimizer.step()
@@ -294,7 +269,7 @@ def run_trial(
     start = time.perf_counter()
     metrics = {}
     for split_name, data in evals.items():
-        predictions = predict(forward, data, pad_id, cfg, task.is_regression, device, autocast)
+        predictions = predict(forward, data, pad_id, cfg, task.is_regression, device, precision)
         values = compute_metrics(task.metric, predictions, data.labels)
         metrics.update({f"{k}_{split_name}" if split_name else k: v for k, v in values.items()})
     return {
@@ -309,13 +284,13 @@ def run_trial(
         "eval_seconds": round(time.perf_counter() - start, 2),
         "device": str(device),
         "compiled": forward is not model,
-        "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
+        "precision": TORCH_DTYPE_NAMES[precision],
     }
 
 
 @torch.inference_mode()
 def predict(forward, data: Encoded, pad_id: int, cfg: GlueConfig, regression: bool, device: torch.device,
-            autocast) -> list[float]:
+            precision: str) -> list[float]:
     """Predictions in the split's order (computed in length-sorted batches)."""
     forward.eval()
     order = sorted(range(len(data.labels)), key=data.lengths.__getitem__)
@@ -324,7 +299,7 @@ def predict(forward, data: Encoded, pad_id: int, cfg: GlueConfig, regression: bo
         indices = order[start:start + cfg.eval_batch_size]
         batch = collate(data, indices, pad_id, cfg.pad_multiple, regression)
         batch.pop("labels")
-        with autocast():
+        with autocast(precision, device):
             logits = forward(**to_device(batch, device)).logits.float()
         values = logits.squeeze(-1) if regression else logits.argmax(-1)
         for i, v in zip(indices, values.tolist()):

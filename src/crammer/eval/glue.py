@@ -23,10 +23,11 @@ from crammer.config import to_dict
 from crammer.errors import CrammerError
 from crammer.eval.config import GlueConfig
 from crammer.eval.finetune import (check_max_length, encode, load_model_config, load_tokenizer, model_identity,
-                                   resolve_device, run_trial)
+                                   run_trial)
 from crammer.eval.metrics import glue_numbers, glue_score, mean_score
 from crammer.eval.tasks import GLUE_SCORE_COLUMNS, TASKS, Split, load_task, missing_files
 from crammer.io import atomic_write_json, atomic_write_text, read_json
+from crammer.runtime import resolve_device
 
 # GLUE dev averages (9 numbers, GLUE-sane rules) to compare against; per-task numbers are not reproduced.
 REFERENCE_SCORES = (
@@ -50,7 +51,7 @@ def evaluate_glue(model: str, config: GlueConfig, out_dir: str | Path,
     if tokenizer.pad_token_id is None:
         raise CrammerError(f"--model {model}: its tokenizer has no padding token")
     check_max_length(config.max_length, load_model_config(model), f"--model {model}")
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, "glue config: device")
     key = config.trial_key(model_identity(model))
     # Trials left by another model or recipe are refused before anything in out_dir is overwritten.
     finished = {name: {k: _load_trial(out_dir, name, k, key) for k in range(config.trials)} for name in config.tasks}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Sequence
 
-from crammer.config import parse_value, pick_preset
+from crammer.config import parse_value, pick_preset, split_assignment
 from crammer.errors import CrammerError
 from crammer.model.configuration_crammed_bert import CrammedBertConfig
 
@@ -48,13 +48,23 @@ CONFIG_DEFAULTS: dict[str, Any] = {
 NULLABLE_KEYS = frozenset({"pad_token_id"})
 
 
-def _parse(key: str, text: str, default: Any) -> Any:
+def parse_model_override(key: str, text: str) -> str:
+    """Check one `key=value` of the model config (a known key, a value of the key's type) and return it as
+    `model.KEY=VALUE` overrides store it, so that a typo fails when parsed, not when the model is built."""
+    _parse(key, text)
+    return f"{key}={text}"
+
+
+def _parse(key: str, text: str) -> Any:
     """Parse `text` as the type of the key's default value, with the same rules as every other override."""
+    if key not in CONFIG_DEFAULTS:
+        raise CrammerError(f"unknown model config key {key!r}; valid keys: {', '.join(sorted(CONFIG_DEFAULTS))}")
     text = text.strip()
     if text.lower() in ("none", "null"):
         if key in NULLABLE_KEYS:
             return None
         raise CrammerError(f"model config {key}: cannot be None")
+    default = CONFIG_DEFAULTS[key]
     return parse_value(text, type(default) if default is not None else str, f"model config {key}")
 
 
@@ -66,14 +76,19 @@ def make_config(preset: str, vocab_size: int, overrides: Sequence[str] = ()) -> 
     """
     kwargs = {**pick_preset(MODEL_PRESETS, preset, "model preset"), "vocab_size": vocab_size}
     for item in overrides:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise CrammerError(f"bad model override {item!r}: expected key=value")
-        if key not in CONFIG_DEFAULTS:
-            raise CrammerError(f"unknown model config key {key!r}; valid keys: {', '.join(sorted(CONFIG_DEFAULTS))}")
-        kwargs[key] = _parse(key, value, CONFIG_DEFAULTS[key])
+        key, value = split_assignment(item, "model override")
+        kwargs[key] = _parse(key, value)
     try:
         return CrammedBertConfig(**kwargs)
     except ValueError as e:
         raise CrammerError(f"model preset {preset!r}: {e}") from None
+
+
+def check_positions(length: int, config, setting: str, model: str, remedy: str) -> None:
+    """Fail before any work when `length` tokens exceed the model's position table (`config` may be any
+    Hugging Face config): otherwise the first long batch fails, after minutes of compiling or training.
+    `remedy` may name the limit as `{limit}`."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and length > limit:
+        raise CrammerError(f"{setting}={length} exceeds the max_position_embeddings={limit} of {model}; "
+                           + remedy.format(limit=limit))

@@ -1,1 +1,1 @@
-"""report stage."""
+"""The report of a run folder (`report.md` + a self-contained `report.html`), built from its files only."""

@@ -7,12 +7,14 @@ for a run that is still going or that stopped half-way: missing parts are said t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import statistics
 from pathlib import Path
 from typing import Any
 
+from crammer.data.manifest import MANIFEST, Manifest
 from crammer.errors import CrammerError
 from crammer.io import atomic_write_text, read_json
 from crammer.eval.glue import REFERENCE_SCORES
@@ -28,12 +30,11 @@ from crammer.report.document import (
     to_html,
     to_markdown,
 )
-from crammer.report.layout import RunLayout
-from crammer.report.plan import duration, human
-from crammer.report.state import RUN_JSON, RunState
-from crammer.train.loop import SUMMARY_FILE
-from crammer.train.metrics import METRICS_FILE, read_metrics
+from crammer.pipeline.layout import RunLayout
+from crammer.pipeline.state import RUN_JSON, RunState
+from crammer.train.files import METRICS_FILE, SUMMARY_FILE, read_metrics
 from crammer.train.plot import plot_run
+from crammer.units import duration, human
 
 # The corpus counts in pipeline order: what was read, what each filter removed, what was kept.
 _COUNT_ORDER = ["documents_read", "documents_bad", "documents_empty", "documents_filtered",
@@ -81,21 +82,21 @@ def _summary_section(doc: Document, run: dict[str, Any], state: RunState) -> Non
 def _data_section(doc: Document, data_dir: Path | None, tokens_trained: float | None) -> int | None:
     """Corpus statistics and epochs seen; returns the sequence length (None before the data stage)."""
     doc.add(Heading("Data"))
-    if data_dir is None or not (data_dir / "manifest.json").is_file():
+    if data_dir is None or not (data_dir / MANIFEST).is_file():
         doc.add(Paragraph("The prepared corpus is not there yet (data stage not finished)."))
         return None
-    manifest = read_json(data_dir / "manifest.json")
-    counts = manifest.get("counts", {})
-    doc.add(Paragraph(f"Prepared corpus: `{data_dir}` (sequence length {manifest.get('seq_len')}, "
-                      f"vocabulary {manifest.get('vocab_size')})."))
-    ordered = sorted(_flatten(counts), key=lambda kv: (_COUNT_ORDER.index(kv[0]) if kv[0] in _COUNT_ORDER else 99, kv[0]))
+    manifest = Manifest.read(data_dir)
+    doc.add(Paragraph(f"Prepared corpus: `{data_dir}` (sequence length {manifest.seq_len}, "
+                      f"vocabulary {manifest.vocab_size})."))
+    ordered = sorted(_flatten(dataclasses.asdict(manifest.counts)),
+                     key=lambda kv: (_COUNT_ORDER.index(kv[0]) if kv[0] in _COUNT_ORDER else 99, kv[0]))
     doc.add(Table(["quantity", "value"], [[k.replace("_", " "), _fmt(v)] for k, v in ordered]))
-    corpus_tokens = int(manifest["num_tokens"])
+    corpus_tokens = manifest.num_tokens
     if tokens_trained is not None and corpus_tokens:
         epochs = tokens_trained / corpus_tokens
         doc.add(Paragraph(f"Pretraining saw {human(tokens_trained)} tokens = {epochs:.3g} epochs over the "
                           "prepared corpus" + (" (the recipe assumes at most one)." if epochs > 1 else ".")))
-    return int(manifest["seq_len"])
+    return manifest.seq_len
 
 
 def _model_section(doc: Document, final_dir: Path, seq_len: int | None, masked_fraction: float | None) -> float | None:
@@ -217,7 +218,7 @@ def _recorded_data_dir(run_dir: Path, state: RunState) -> Path | None:
         return None
     recorded = Path(state.stages["data"]["data_dir"])
     candidates = [run_dir / recorded, recorded, RunLayout(run_dir).data]
-    return next((d for d in candidates if (d / "manifest.json").is_file()), candidates[0])
+    return next((d for d in candidates if (d / MANIFEST).is_file()), candidates[0])
 
 
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:

@@ -1,25 +1,19 @@
-"""Budgeted pretraining: `cram pretrain` (loop, schedules, masking, checkpoints, metrics) and `cram plot`.
+"""Budgeted pretraining: `cram pretrain` (loop, schedules, masking, checkpoints, metrics), `cram plot`,
+`cram bench` and `cram plan`.
 
-The pieces `cram bench` reuses: `build_model_and_optimizer`, `TrainStep`, `MLMCollator`, `BatchStream`.
+Pieces to build on: `build_training` (model, AdamW, precision, masking, micro-batch and the `TrainStep`
+of a config, as pretraining, `cram bench` and `cram plan` use them), `BatchStream`, `Pretrainer`.
+Names are imported on first use (see crammer.lazy).
 """
 
-from crammer.train.config import PRESETS, PretrainConfig, make_pretrain_config
-from crammer.train.loader import BatchStream
-from crammer.train.loop import Pretrainer, TrainingInterrupted, pretrain
-from crammer.train.masking import MaskedBatch, MLMCollator
-from crammer.train.step import TrainStep, build_model_and_optimizer, resolve_precision
+from crammer.lazy import lazy_exports
 
-__all__ = [
-    "PRESETS",
-    "BatchStream",
-    "MLMCollator",
-    "MaskedBatch",
-    "PretrainConfig",
-    "Pretrainer",
-    "TrainStep",
-    "TrainingInterrupted",
-    "build_model_and_optimizer",
-    "make_pretrain_config",
-    "pretrain",
-    "resolve_precision",
-]
+__all__ = ["PRESETS", "BatchStream", "MLMCollator", "MaskedBatch", "PretrainConfig", "Pretrainer", "TrainStep",
+           "Training", "TrainingInterrupted", "build_training", "make_pretrain_config", "pretrain"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "PRESETS": "crammer.train.config", "PretrainConfig": "crammer.train.config",
+    "make_pretrain_config": "crammer.train.config", "BatchStream": "crammer.train.loader",
+    "MLMCollator": "crammer.train.masking", "MaskedBatch": "crammer.train.masking",
+    "Pretrainer": "crammer.train.loop", "TrainingInterrupted": "crammer.train.loop", "pretrain": "crammer.train.loop",
+    "TrainStep": "crammer.train.step", "Training": "crammer.train.setup", "build_training": "crammer.train.setup",
+})

@@ -25,25 +25,17 @@ from torch import nn
 
 from crammer.data.tokenizer import SPECIAL_TOKENS
 from crammer.errors import CrammerError
-from crammer.eval.finetune import resolve_device
 from crammer.io import atomic_path
 from crammer.model import config_from_hf_bert, count_parameters, training_flops_per_token
-from crammer.train.config import OptimConfig, make_pretrain_config
+from crammer.runtime import resolve_device, should_compile, synchronize
+from crammer.train.config import make_pretrain_config
 from crammer.train.masking import MaskedBatch, MLMCollator
 from crammer.train.metrics import peak_flops
-from crammer.train.step import (
-    TrainStep,
-    auto_micro_batch,
-    build_model_and_optimizer,
-    build_optimizer,
-    configure_backends,
-    resolve_precision,
-    should_compile,
-)
+from crammer.train.setup import Training, build_optimizer, build_training, model_config_for
+from crammer.train.step import TrainStep
 
 # A tokenizer trained by `cram data prepare` numbers its special tokens first, in this order.
 SPECIAL_TOKEN_IDS = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
 @dataclass
@@ -86,16 +78,7 @@ def synthetic_batches(collator: MLMCollator, count: int, micro_batch: int, seq_l
                       seed: int = 0) -> list[MaskedBatch]:
     """`count` masked micro-batches of random ordinary tokens, already on the device."""
     generator = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        tokens = collator.ordinary_ids[torch.randint(len(collator.ordinary_ids), (micro_batch, seq_len), generator=generator)]
-        out.append(collator(tokens, generator).to(device))
-    return out
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return [collator.random_batch(micro_batch, seq_len, generator).to(device) for _ in range(count)]
 
 
 def _step_groups(batches: list[MaskedBatch], accumulate: int, steps: int) -> list[list[MaskedBatch]]:
@@ -111,7 +94,7 @@ def time_steps(step: Callable[[list[MaskedBatch]], torch.Tensor], batches: list[
     start = time.perf_counter()
     for group in groups[:warmup]:
         loss = step(group)
-    _synchronize(device)
+    synchronize(device)
     warmup_seconds = time.perf_counter() - start
     if not math.isfinite(float(loss)):
         raise CrammerError("benchmark step produced a non-finite loss")
@@ -119,7 +102,7 @@ def time_steps(step: Callable[[list[MaskedBatch]], torch.Tensor], batches: list[
     for group in groups[warmup:]:
         start = time.perf_counter()
         step(group)
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     times.sort()
     return warmup_seconds, times[len(times) // 2]
@@ -135,11 +118,16 @@ def profile_steps(step: Callable[[list[MaskedBatch]], torch.Tensor], batches: li
     with profile(activities=activities) as prof:
         for group in _step_groups(batches, accumulate, steps):
             step(group)
-        _synchronize(device)
+        synchronize(device)
     with atomic_path(trace) as tmp:
         prof.export_chrome_trace(str(tmp))
     sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
+
+
+def choose_compile_mode(requested: str | None, setting: bool | None, device: torch.device) -> str:
+    """`--compile MODE` if given, else what the recipe's `compile` key means on this device (as in pretraining)."""
+    return requested or ("default" if should_compile(setting, device) else "none")
 
 
 def _maybe_compile(model: nn.Module, mode: str) -> nn.Module:
@@ -175,58 +163,59 @@ def run_bench(args: argparse.Namespace) -> tuple[list[BenchResult], list[str]]:
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
     cfg = make_pretrain_config(args.preset, args.overrides)
-    configure_backends(cfg.tf32)
-    precision = resolve_precision(args.precision or cfg.precision, device)
-    compile_mode = args.compile or ("default" if should_compile(cfg.compile, device) else "none")
+    if args.precision:
+        cfg = dataclasses.replace(cfg, precision=args.precision)
+    model_config = model_config_for(cfg, args.vocab_size, args.seq_len, "--seq-len")
+    compile_mode = choose_compile_mode(args.compile, cfg.compile, device)
     seq_len = args.seq_len
     peak = peak_flops(device, args.peak_tflops)
     if args.memory_limit_gb and device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_limit_gb * 2**30 / total), device)
 
-    collator = MLMCollator(cfg.masking, args.vocab_size, SPECIAL_TOKEN_IDS)
-    model, optimizer = build_model_and_optimizer(cfg, args.vocab_size, device)
-    if model.config.max_position_embeddings < seq_len:
-        raise CrammerError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings")
-    micro_batches = _resolve_micro_batches(args, cfg, model, collator, precision, device)
+    training = build_training(cfg, model_config, SPECIAL_TOKEN_IDS, device)
+    precision, collator = training.precision, training.collator
+    micro_batches = _resolve_micro_batches(args, training)
     results, profiles = [], []
 
-    def measure(name, model, optimizer, flops, optim_cfg, micro_batch):
-        step = TrainStep(_maybe_compile(model, compile_mode), optimizer, optim_cfg, precision, device)
+    def measure(name, step: TrainStep, params: int, flops: float, micro_batch: int):
+        lr = step.cfg.lr
         batches = synthetic_batches(collator, max(2, args.accumulate * 2), micro_batch, seq_len, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        warm, step_s = time_steps(lambda g: step(g, optim_cfg.lr).loss, batches, args.accumulate,
-                                  args.warmup, args.steps, device)
+        warm, step_s = time_steps(lambda g: step(g, lr).loss, batches, args.accumulate, args.warmup, args.steps,
+                                  device)
         tps = micro_batch * args.accumulate * seq_len / step_s
         if args.profile:
             trace = Path(args.profile) / f"{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-')}-mb{micro_batch}.json"
-            table = profile_steps(lambda g: step(g, optim_cfg.lr).loss, batches, args.accumulate, 3, device, trace)
+            table = profile_steps(lambda g: step(g, lr).loss, batches, args.accumulate, 3, device, trace)
             profiles.append(f"profile of {name}, micro-batch {micro_batch} (trace: {trace}):\n{table}")
         results.append(BenchResult(
-            name=name, micro_batch=micro_batch, accumulate=args.accumulate, params=count_parameters(model),
+            name=name, micro_batch=micro_batch, accumulate=args.accumulate, params=params,
             flops_per_token=flops, compile_seconds=warm, step_seconds=step_s, tokens_per_second=tps,
             mfu=None if peak is None else tps * flops / peak,
             peak_memory_gb=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         ))
 
-    model_config = model.config
     flops = training_flops_per_token(model_config, seq_len, cfg.masking.fraction)
     for micro_batch in micro_batches:
-        measure(f"crammer {args.preset} ({compile_mode})", model, optimizer, flops, cfg.optim, micro_batch)
-    del model, optimizer
+        measure(f"crammer {args.preset} ({compile_mode})", training.step(_maybe_compile(training.model, compile_mode)),
+                count_parameters(training.model), flops, micro_batch)
+    del training
     if args.compare == "hf-bert":
         torch._dynamo.reset()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         hf_model, hf_flops = hf_bert_baseline(model_config, seq_len, device)
         optim_cfg = dataclasses.replace(cfg.optim, fused=cfg.optim.fused and device.type == "cuda")
-        measure(f"HF BertForMaskedLM ({compile_mode})", hf_model, build_optimizer(hf_model, optim_cfg),
-                hf_flops, optim_cfg, micro_batches[0])
+        theirs = TrainStep(_maybe_compile(hf_model, compile_mode), build_optimizer(hf_model, optim_cfg), optim_cfg,
+                           precision, device)
+        measure(f"HF BertForMaskedLM ({compile_mode})", theirs, count_parameters(hf_model), hf_flops,
+                micro_batches[0])
     return results, profiles
 
 
-def _resolve_micro_batches(args, cfg, model, collator, precision, device) -> list[int]:
+def _resolve_micro_batches(args, training: Training) -> list[int]:
     """`--micro-batch`: 'auto' (largest that fits), one number, or a comma-separated sweep."""
     if args.micro_batch != "auto":
         try:
@@ -236,13 +225,14 @@ def _resolve_micro_batches(args, cfg, model, collator, precision, device) -> lis
         if any(v <= 0 for v in values):
             raise CrammerError(f"--micro-batch values must be positive; got {args.micro_batch!r}")
         return values
+    cfg, device = training.cfg, training.device
     if device.type != "cuda":
         return [cfg.batch.micro_batch or 8]
     fraction = cfg.batch.memory_fraction
     if args.memory_limit_gb:  # size against the cap, not the whole card
         total = torch.cuda.get_device_properties(device).total_memory
         fraction *= min(1.0, args.memory_limit_gb * 2**30 / total)
-    return [auto_micro_batch(model, collator, args.seq_len, precision, fraction, cfg.batch.target)]
+    return [training.fit_micro_batch(args.seq_len, cfg.batch.target, fraction)]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -261,25 +251,3 @@ def main(args: argparse.Namespace) -> int:
     for profile in profiles:
         print(f"\n{profile}")
     return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="time real training steps: tokens/s, MFU, memory (vs Hugging Face BERT)")
-    p.add_argument("--preset", default="crammed-bert", help="pretrain preset (its model and recipe)")
-    p.add_argument("--micro-batch", default="auto", help="sequences per forward, or 'auto' (largest that fits)")
-    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps (median reported)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, autotune)")
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--vocab-size", type=int, default=32768)
-    p.add_argument("--compare", choices=["hf-bert", "none"], default="hf-bert")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None, help="default: the preset's (auto)")
-    p.add_argument("--compile", choices=COMPILE_MODES, default=None, help="torch.compile mode (default: on for CUDA)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (default: built-in table)")
-    p.add_argument("--memory-limit-gb", type=float, default=None,
-                   help="cap this process's GPU memory, e.g. 8 to size for an 8 GB card")
-    p.add_argument("--profile", metavar="DIR", default=None,
-                   help="also profile 3 steps per row: a trace per row in DIR and a table of the costliest operators")
-    p.add_argument("overrides", nargs="*", help="pretrain config overrides key=value (model.X=... for the model)")
-    p.set_defaults(func=main)

@@ -25,8 +25,8 @@ from torch import nn
 
 from crammer.errors import CrammerError
 from crammer.io import atomic_dir, atomic_write_json, read_json, remove_stale_temps
+from crammer.train.files import CHECKPOINT_DIR
 
-CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -44,12 +44,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"step-{step:08d}"
+
+
 def save_checkpoint(
     run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any],
     state: dict[str, Any], keep: int,
 ) -> Path:
     """Write checkpoint `step` atomically, then keep only it and the newest `keep` complete ones."""
-    path = Path(run_dir) / CHECKPOINT_DIR / f"step-{step:08d}"
+    path = checkpoint_path(run_dir, step)
     remove_stale_temps(Path(run_dir) / CHECKPOINT_DIR, r"step-\d+")  # first: a killed write's gigabytes
     with atomic_dir(path) as tmp:
         save_model(model, str(tmp / "model.safetensors"))

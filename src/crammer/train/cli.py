@@ -1,4 +1,5 @@
-"""`cram pretrain` and `cram plot`."""
+"""`cram pretrain`, `cram plot`, `cram bench` and `cram plan`. Building the parsers imports only the
+configs; each command imports what it runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 
 from crammer.config import parse_duration
 from crammer.train.config import PRESETS, make_pretrain_config
+
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
 def register(subparsers) -> None:
@@ -36,6 +39,42 @@ def register(subparsers) -> None:
     q.add_argument("--out", metavar="DIR", help="where to write the PNGs (default RUN_DIR/plots)")
     q.set_defaults(func=_plot)
 
+    b = subparsers.add_parser("bench", help="time real training steps: tokens/s, MFU, memory (vs Hugging Face BERT)")
+    b.add_argument("--preset", default="crammed-bert", help="pretrain preset (its model and recipe)")
+    b.add_argument("--micro-batch", default="auto", help="sequences per forward, or 'auto' (largest that fits)")
+    b.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
+    b.add_argument("--steps", type=int, default=20, help="timed optimizer steps (median reported)")
+    b.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, autotune)")
+    b.add_argument("--seq-len", type=int, default=128)
+    b.add_argument("--vocab-size", type=int, default=32768)
+    b.add_argument("--compare", choices=["hf-bert", "none"], default="hf-bert")
+    b.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
+    b.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None, help="default: the preset's (auto)")
+    b.add_argument("--compile", choices=COMPILE_MODES, default=None, help="torch.compile mode (default: on for CUDA)")
+    b.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (default: built-in table)")
+    b.add_argument("--memory-limit-gb", type=float, default=None,
+                   help="cap this process's GPU memory, e.g. 8 to size for an 8 GB card")
+    b.add_argument("--profile", metavar="DIR", default=None,
+                   help="also profile 3 steps per row: a trace per row in DIR and a table of the costliest operators")
+    b.add_argument("overrides", nargs="*", help="pretrain config overrides key=value (model.X=... for the model)")
+    b.set_defaults(func=_bench)
+
+    plan = subparsers.add_parser(
+        "plan",
+        help="measure this machine's throughput and say what a budget buys",
+        description="Time real training steps of the preset on this machine, then print the tokens the "
+        "budget will consume, the passes over the prepared data, the micro-batch and accumulation, and "
+        "the FLOP budget next to the reference runs (1xA6000 for 24 h; BERT-base).",
+    )
+    plan.add_argument("--data", required=True, help="prepared corpus (from `cram data prepare`)")
+    plan.add_argument("--budget", default="24h", help="pretraining budget to plan (default: 24h)")
+    plan.add_argument("--preset", default="crammed-bert", help="pretrain preset (default: crammed-bert)")
+    plan.add_argument("--seconds", type=float, default=30.0,
+                      help="how long to time training steps after warm-up (default: 30)")
+    plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                      help="pretrain config overrides, e.g. batch.micro_batch=64 model.num_hidden_layers=8")
+    plan.set_defaults(func=_plan)
+
 
 def _pretrain(args: argparse.Namespace) -> int:
     from crammer.train.loop import TrainingInterrupted, pretrain
@@ -64,3 +103,19 @@ def _plot(args: argparse.Namespace) -> int:
         print(path)
     return 0
 
+
+def _bench(args: argparse.Namespace) -> int:
+    from crammer.train.bench import main
+
+    return main(args)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from crammer.data import PackedCorpus
+    from crammer.train.plan import format_plan, measure_plan
+
+    budget = parse_duration(args.budget)
+    corpus = PackedCorpus(args.data)
+    cfg = make_pretrain_config(args.preset, args.overrides, budget_seconds=budget)
+    print(format_plan(measure_plan(cfg, corpus, args.preset, budget, args.seconds)))
+    return 0

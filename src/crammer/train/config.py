@@ -2,7 +2,8 @@
 
 Defaults are the cramming paper's final recipe (Geiping & Goldstein, 2022). Every field is a
 `key=value` override on the command line (`optim.lr=5e-4`, `batch.micro_batch=64`); keys starting with
-`model.` go to `crammer.model.make_config` instead (`model.num_hidden_layers=4`).
+`model.` are checked against the model's config and kept for `crammer.model.make_config`
+(`model.num_hidden_layers=4`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-from crammer.config import apply_overrides, pick_preset
+from crammer.config import apply_overrides, check_literals, pick_preset, split_assignment
 from crammer.errors import CrammerError
+
+
+def _parse_model_override(key: str, value: str) -> str:
+    from crammer.model.presets import parse_model_override  # the model's own keys and types
+
+    return parse_model_override(key, value)
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,9 @@ class MaskingConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class StreamConfig:
+    """How pretraining reads the prepared corpus (the corpus itself is `crammer.data.config.CorpusConfig`)."""
+
     order: Literal["stored", "shuffled"] = "stored"  # stored = the order `cram data prepare` chose
     prefetch: int = 4  # micro-batches prepared ahead by the background thread
 
@@ -99,13 +108,26 @@ class PretrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: StreamConfig = field(default_factory=StreamConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
+    # `model.K=V` overrides: checked by the model's parser, stored in `model_overrides`.
+    OVERRIDE_ROUTES = {"model": ("model_overrides", _parse_model_override)}
+
+    def __post_init__(self) -> None:
+        check_literals(self, "pretrain config ")
+
     def validate(self) -> "PretrainConfig":
-        """Raise a CrammerError naming the first field out of range."""
+        """Raise a CrammerError naming the first field out of range (ranges may depend on each other, so
+        they are checked once the config is complete, not after each override)."""
+        check_literals(self, "pretrain config ")
+        from crammer.model.presets import MODEL_PRESETS
+
+        pick_preset(MODEL_PRESETS, self.model, "model preset")
+        for item in self.model_overrides:
+            _parse_model_override(*split_assignment(item, "model override"))
         if (self.budget_seconds is None) == (self.budget_tokens is None):
             raise CrammerError("set exactly one budget: budget_seconds (--budget) or budget_tokens (--budget-tokens)")
         checks = [
@@ -180,15 +202,11 @@ def make_pretrain_config(
     budget_seconds: float | None = None,
     budget_tokens: int | None = None,
 ) -> PretrainConfig:
-    """A preset with `key=value` overrides; `model.X=...` keys are kept for the model's make_config.
+    """A preset with `key=value` overrides (`model.X=...` keys for the model's make_config).
 
     A budget given here replaces the preset's (the preset default is 24 h of wall clock).
     """
-    cfg = pick_preset(PRESETS, preset, "pretrain preset")
-    model_overrides = [o.split(".", 1)[1] for o in overrides if o.startswith("model.") and "=" in o]
-    cfg = apply_overrides(cfg, [o for o in overrides if not (o.startswith("model.") and "=" in o)])
-    if model_overrides:
-        cfg = dataclasses.replace(cfg, model_overrides=(*cfg.model_overrides, *model_overrides))
+    cfg = apply_overrides(pick_preset(PRESETS, preset, "pretrain preset"), overrides)
     if budget_tokens is not None:
         cfg = dataclasses.replace(cfg, budget_tokens=int(budget_tokens), budget_seconds=None)
     elif budget_seconds is not None:

@@ -52,6 +52,12 @@ class MLMCollator:
         self.is_special = special
         self.ordinary_ids = torch.nonzero(~special).squeeze(1)
 
+    def random_batch(self, rows: int, seq_len: int, generator: torch.Generator) -> MaskedBatch:
+        """A masked batch of random ordinary tokens: what sizing and benchmarks run when the data is not
+        what is measured."""
+        tokens = self.ordinary_ids[torch.randint(len(self.ordinary_ids), (rows, seq_len), generator=generator)]
+        return self(tokens, generator)
+
     def __call__(self, tokens: torch.Tensor, generator: torch.Generator, first_row: int = 0,
                  batch_rows: int | None = None) -> MaskedBatch:
         """Mask `tokens`, rows [first_row, first_row + len(tokens)) of a batch of `batch_rows` rows (default:

@@ -17,8 +17,7 @@ import torch
 from crammer.errors import CrammerError
 from crammer.io import atomic_write_text
 from crammer.train.config import LoggingConfig
-
-METRICS_FILE = "metrics.jsonl"
+from crammer.train.files import METRICS_FILE, read_metrics
 
 # Dense tensor-core peaks (FLOP/s) of what autocast runs: bf16, or fp16 with fp32 accumulation where
 # there is no bf16 (Volta, Turing); GeForce cards accumulate in fp32 at half their fp16-accumulate rate.
@@ -101,25 +100,6 @@ class GpuMonitor:
             except Exception:  # a reading this GPU does not support
                 pass
         return out
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All records of RUN_DIR/metrics.jsonl; a torn last line (killed mid-write) is ignored."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise CrammerError(f"{path}: no metrics yet (is {run_dir} a `cram pretrain` run folder?)")
-    records = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise CrammerError(f"{path}:{number}: not a JSON object") from None
-    return records
 
 
 class MetricsLog:

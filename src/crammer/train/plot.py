@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from crammer.errors import CrammerError  # noqa: E402
 from crammer.io import atomic_path  # noqa: E402
-from crammer.train.metrics import read_metrics  # noqa: E402
+from crammer.train.files import METRICS_FILE, read_metrics  # noqa: E402
 
 # file name -> (title, [(metric key, label, scale)])
 PLOTS: dict[str, tuple[str, list[tuple[str, str, float]]]] = {
@@ -39,7 +39,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     if not records:
-        raise CrammerError(f"{run_dir / 'metrics.jsonl'}: no records yet")
+        raise CrammerError(f"{run_dir / METRICS_FILE}: no records yet")
     out = Path(out_dir) if out_dir else run_dir / "plots"
     written = []
     for name, (title, series) in PLOTS.items():

@@ -17,12 +17,20 @@ and compares the FLOPs with two reference runs:
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from crammer.data import PackedCorpus
-    from crammer.train.config import PretrainConfig
+import numpy as np
+import torch
+
+from crammer.data import PackedCorpus
+from crammer.model import count_parameters, training_flops_per_token
+from crammer.runtime import synchronize
+from crammer.train.config import PretrainConfig
+from crammer.train.metrics import peak_flops
+from crammer.train.schedules import accumulation_steps
+from crammer.train.setup import build_training, check_micro_batch, model_config_for
+from crammer.units import duration, human
 
 A6000_DENSE_BF16_FLOPS = 154.8e12
 A6000_UTILISATION = 0.42
@@ -109,21 +117,6 @@ class Plan:
         return out
 
 
-def duration(seconds: float) -> str:
-    """Seconds as '42 s', '12.5 min' or '3.20 h'."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
-
-
-def human(x: float, unit: str = "") -> str:
-    """1.23e18 -> '1.23E' style with SI suffixes; keeps tables readable."""
-    for factor, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= factor:
-            return f"{x / factor:.3g}{suffix}{unit}"
-    return f"{x:.3g}{unit}"
-
-
 def format_plan(plan: Plan) -> str:
     """The plan as the text `cram plan` prints."""
     lines = [
@@ -164,46 +157,18 @@ def format_plan(plan: Plan) -> str:
 def measure_plan(cfg: PretrainConfig, corpus: PackedCorpus, preset: str, budget_s: float, seconds: float) -> Plan:
     """Time real optimizer steps of `cfg` on blocks of `corpus` for about `seconds`; plan `budget_s`.
 
-    Uses the pretraining code itself (model, AdamW, precision, compile, masking, TrainStep), one
-    micro-batch per step: accumulation only repeats that work, so tokens/s carries over to the ramp.
+    Uses the pretraining set-up itself (`build_training`: model, AdamW, precision, masking, micro-batch,
+    compile, TrainStep), one micro-batch per step: accumulation only repeats that work, so tokens/s carries
+    over to the ramp.
     """
-    import time
-
-    import numpy as np
-    import torch
-
-    from crammer.errors import CrammerError
-    from crammer.model import count_parameters, training_flops_per_token
-    from crammer.train.masking import MLMCollator
-    from crammer.train.metrics import peak_flops
-    from crammer.train.schedules import accumulation_steps
-    from crammer.train.step import (
-        TrainStep,
-        auto_micro_batch,
-        build_model_and_optimizer,
-        check_corpus_fits_model,
-        configure_backends,
-        resolve_precision,
-        should_compile,
-    )
-
-    check_corpus_fits_model(cfg, corpus)
+    model_config = model_config_for(cfg, corpus.vocab_size, corpus.seq_len, f"{corpus.path}: corpus seq_len")
     started = time.monotonic()
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    configure_backends(cfg.tf32)
-    precision = resolve_precision(cfg.precision, device)
-    model, optimizer = build_model_and_optimizer(cfg, corpus.vocab_size, device)
-    collator = MLMCollator(cfg.masking, corpus.vocab_size, corpus.special_tokens)
-    micro_batch = cfg.batch.micro_batch
-    if micro_batch is None:
-        if device.type != "cuda":
-            raise CrammerError("pretrain batch.micro_batch must be set to plan without a GPU "
-                               "(e.g. batch.micro_batch=16); auto-sizing needs CUDA")
-        micro_batch = auto_micro_batch(model, collator, corpus.seq_len, precision, cfg.batch.memory_fraction,
-                                       cfg.batch.target)
-    if should_compile(cfg.compile, device):
-        model.compile()
-    step = TrainStep(model, optimizer, cfg.optim, precision, device)
+    check_micro_batch(cfg, device.type == "cuda")
+    training = build_training(cfg, model_config, corpus.special_tokens, device)
+    micro_batch = training.micro_batch(corpus.seq_len)
+    training.compile()
+    step = training.step()
     generator = torch.Generator().manual_seed(cfg.seed)
     next_row = 0
 
@@ -211,36 +176,32 @@ def measure_plan(cfg: PretrainConfig, corpus: PackedCorpus, preset: str, budget_
         nonlocal next_row
         rows = (np.arange(micro_batch) + next_row) % len(corpus)
         next_row += micro_batch
-        return collator(torch.from_numpy(corpus.get_batch(rows)), generator).to(device)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        return training.collator(torch.from_numpy(corpus.get_batch(rows)), generator).to(device)
 
     for _ in range(3):  # warm-up: compilation, allocator, kernel autotuning
         step([batch()], cfg.optim.lr)
-    sync()
+    synchronize(device)
     startup = time.monotonic() - started
     steps, timed_from = 0, time.monotonic()
     while steps < 3 or time.monotonic() - timed_from < seconds:
         step([batch()], cfg.optim.lr)
         steps += 1
         if steps % 10 == 0:
-            sync()
-    sync()
+            synchronize(device)
+    synchronize(device)
     tokens_per_s = steps * micro_batch * corpus.seq_len / (time.monotonic() - timed_from)
     return Plan(
         preset=preset,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         budget_s=budget_s,
         tokens_per_s=tokens_per_s,
-        flops_per_token=training_flops_per_token(model.config, corpus.seq_len, cfg.masking.fraction),
-        num_parameters=count_parameters(model),
+        flops_per_token=training_flops_per_token(model_config, corpus.seq_len, cfg.masking.fraction),
+        num_parameters=count_parameters(training.model),
         corpus_tokens=corpus.num_tokens,
         seq_len=corpus.seq_len,
         micro_batch=micro_batch,
         accumulation=accumulation_steps(1.0, cfg.batch, micro_batch),
         startup_s=startup,
         peak_flops=peak_flops(device, cfg.logging.peak_tflops),
-        notes=[f"timed {steps} optimizer steps of one micro-batch ({precision}) after 3 warm-up steps"],
+        notes=[f"timed {steps} optimizer steps of one micro-batch ({training.precision}) after 3 warm-up steps"],
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crammer.report.plan import Plan, format_plan, reference_runs
+from crammer.train.plan import Plan, format_plan, reference_runs
 
 
 def _plan(**changes) -> Plan:

@@ -17,7 +17,9 @@ import torch
 
 from crammer.cli import main
 from crammer.errors import CrammerError
-from crammer.report.run import make_run_config
+from crammer.pipeline.layout import RunLayout
+from crammer.pipeline.run import _glue_stage, make_run_config
+from crammer.pipeline.state import RunState
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,38 +128,30 @@ def test_a_different_config_in_the_same_folder_is_refused(tmp_path, capsys):
     assert not (out / "data").exists()  # refused before any work
 
 
-def test_a_folder_where_no_stage_finished_takes_a_corrected_command(tmp_path, monkeypatch, capsys):
+def test_a_folder_where_no_stage_finished_takes_a_corrected_command(tmp_path, capsys):
     """A start that failed (a typo caught late, a crash in data preparation) must not lock the folder."""
-    import crammer.report.run as run_module
-
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"config": {"preset": "tiny", "pretrain": {"seed": 1}}}))
+    missing = tmp_path / "missing.txt"  # found only when data preparation reads it, after the run record
+    assert main(["run", "--preset", "tiny", "--out", str(out), "--source", str(missing)]) == 2
+    assert f"{missing}: no such file" in capsys.readouterr().err
+    record = json.loads((out / "run.json").read_text())["config"]
+    assert record["pretrain"]["seed"] == 0 and record["data"]["sources"] == [str(missing)]
+    assert main(["run", "--preset", "tiny", "--out", str(out), "--source", str(tmp_path / "other.txt")]) == 2
+    assert json.loads((out / "run.json").read_text())["config"]["data"]["sources"] == [str(tmp_path / "other.txt")]
 
-    def stop_after_the_record(config, layout, state):
-        raise CrammerError("stopped after the run record")
 
-    monkeypatch.setattr(run_module, "_data_stage", stop_after_the_record)
-    assert main(["run", "--preset", "tiny", "--out", str(out)]) == 2
-    assert "stopped after the run record" in capsys.readouterr().err
-    assert json.loads((out / "run.json").read_text())["config"]["pretrain"]["seed"] == 0
-
-
-def test_glue_stage_stops_asking_the_hub_after_its_first_failure(tmp_path, monkeypatch):
-    import crammer.report.run as run_module
-    from crammer.report.layout import RunLayout
-    from crammer.report.state import RunState
-
+def test_glue_stage_stops_asking_the_hub_after_its_first_failure(tmp_path):
     asked = []
 
     def offline(task, glue_dir):
         asked.append(task)
         return "could not reach the hub"
 
-    monkeypatch.setattr(run_module, "unreachable", offline)
     config = make_run_config("tiny", tmp_path, tasks="rte,stsb,cola")
     state = RunState.load(tmp_path)
-    run_module._glue_stage(config, tmp_path / "final", RunLayout(tmp_path), state)
+    _glue_stage(config, tmp_path / "final", RunLayout(tmp_path), state, unreachable=offline)
     assert asked == ["rte"]
     skipped = state.stages["glue"]["skipped"]
     assert skipped["rte"] == "could not reach the hub"
@@ -176,13 +170,17 @@ def test_presets_resolve_and_overrides_reach_their_stage(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("lr=1", "expected data.KEY=VALUE, pretrain.KEY=VALUE or glue.KEY=VALUE"),
-    ("pretrain.optim.lrr=1", "unknown config key 'optim.lrr'"),
+    ("lr=1", "unknown config key 'lr' (known here: data, glue, pretrain)"),
+    ("preset=demo", "preset=demo: preset is not an override (choose it with --preset)"),
+    ("pretrain.optim.lrr=1", "unknown config key 'pretrain.optim.lrr'"),
+    ("glue.schedule=cosin", "glue.schedule: 'cosin' is not one of cosine, linear"),
     ("data.vocab_size=many", "expected an integer"),
-    # Found when the stages meet, still before any work:
     ("pretrain.model.bogus=1", "unknown model config key 'bogus'"),
-    ("data.seq_len=256", "data.seq_len=256 exceeds the model's max_position_embeddings=128"),
-    ("glue.max_length=256", "max_length=256 exceeds max_position_embeddings=128 of the 'tiny' model preset"),
+    ("pretrain.model.num_hidden_layers=two", "model config num_hidden_layers: expected an integer"),
+    # Found when the stages meet, still before any work:
+    ("data.seq_len=256", "data.seq_len=256 exceeds the max_position_embeddings=128 of the 'tiny' model preset"),
+    ("glue.max_length=256", "glue.max_length=256 exceeds the max_position_embeddings=128 of the 'tiny' model "
+                            "preset; use max_length=128 or less"),
     ("glue.device=tpu", "glue.device"),
 ])
 def test_bad_overrides_are_one_line_errors(tmp_path, capsys, override, message):
@@ -223,20 +221,26 @@ def test_report_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
     assert err == f"cram: error: {tmp_path / 'nope'}: no such run folder\n"
 
 
-def test_an_interrupted_run_says_to_rerun_the_same_command(tmp_path, monkeypatch, capsys):
-    """SIGTERM during pretraining: exit 128+signum, and the hint is the `cram run` command (it resumes by itself)."""
-    import crammer.report.run as run_module
-    from crammer.train.loop import TrainingInterrupted
-
-    def interrupted(config, out, command):
-        raise TrainingInterrupted("stopped by SIGTERM at step 7; checkpoint c; continue with --resume", signal.SIGTERM)
-
-    monkeypatch.setattr(run_module, "run", interrupted)
+def test_an_interrupted_run_says_to_rerun_the_same_command(tmp_path):
+    """SIGTERM during pretraining: a checkpoint, exit 128+signum, and the hint is the `cram run` command (it
+    resumes by itself), not pretraining's --resume."""
     out = tmp_path / "run"
-    assert main(["run", "--preset", "tiny", "--out", str(out), "--budget", "30s"]) == 128 + signal.SIGTERM
-    err = capsys.readouterr().err
-    assert "stopped by SIGTERM" in err and "--resume" not in err
-    assert f"Run the same command again to continue: cram run --preset tiny --out {out} --budget 30s" in err
+    cmd = [sys.executable, "-m", "crammer", "run", "--preset", "tiny", "--budget", "60s", "--out", str(out),
+           "--tasks", "rte", "pretrain.checkpoint.every_steps=1000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = out / "pretrain" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "pretraining did not start"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "pretraining stopped by SIGTERM" in err and "--resume" not in err
+    assert f"Run the same command again to continue: cram run --preset tiny --out {out} --budget 60s" in err
+    assert list((out / "pretrain" / "checkpoints").glob("step-*"))
 
 
 def test_glue_protocol_is_a_run_option_and_not_an_override(tmp_path, capsys):
@@ -248,8 +252,7 @@ def test_glue_protocol_is_a_run_option_and_not_an_override(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="auto-sizing works on a GPU")
 def test_a_pretrained_run_continues_without_a_gpu_and_without_a_micro_batch(tmp_path):
     """GLUE and the report may run on a CPU machine after pretraining finished on a GPU."""
-    from crammer.report.layout import RunLayout
-    from crammer.train.loop import SUMMARY_FILE
+    from crammer.train.files import SUMMARY_FILE
 
     with pytest.raises(CrammerError, match="micro_batch must be set without a GPU"):
         make_run_config("crammed-bert", tmp_path)
@@ -262,7 +265,6 @@ def test_a_pretrained_run_continues_without_a_gpu_and_without_a_micro_batch(tmp_
 def test_report_finds_a_corpus_recorded_by_an_older_version(tmp_path, monkeypatch):
     """state.json used to hold the corpus path relative to the working directory."""
     from crammer.report.report import _recorded_data_dir
-    from crammer.report.state import RunState
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs/demo/data").mkdir(parents=True)

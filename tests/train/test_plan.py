@@ -28,7 +28,7 @@ def test_plan_without_micro_batch_on_cpu_is_a_clear_error(pydoc_corpus, capsys):
     code = main(["plan", "--data", str(pydoc_corpus), "--preset", "crammed-bert", "--seconds", "1"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("cram: error: pretrain batch.micro_batch must be set") and err.count("\n") == 1
+    assert err.startswith("cram: error: batch.micro_batch must be set without a GPU") and err.count("\n") == 1
 
 
 def test_plan_on_a_folder_that_is_not_a_corpus(tmp_path, capsys):
@@ -41,4 +41,4 @@ def test_plan_with_a_corpus_longer_than_the_model_positions_is_a_clear_error(pyd
                  "model.max_position_embeddings=64"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "exceed the 'tiny' model's max_position_embeddings=64" in err and err.count("\n") == 1
+    assert "seq_len=128 exceeds the max_position_embeddings=64 of the 'tiny' model" in err and err.count("\n") == 1

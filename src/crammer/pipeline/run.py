@@ -14,38 +14,47 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from crammer.config import apply_overrides, parse_duration, pick_preset, to_dict
-from crammer.data.prepare import PRESETS as DATA_PRESETS
-from crammer.data.prepare import DataConfig as CorpusConfig
+from crammer.data.config import PRESETS as DATA_PRESETS
+from crammer.data.config import CorpusConfig
 from crammer.data.prepare import is_up_to_date, prepare
 from crammer.errors import CrammerError
 from crammer.eval.config import GlueConfig, make_glue_config
-from crammer.eval.finetune import check_max_length, resolve_device
+from crammer.eval.finetune import check_max_length
 from crammer.eval.glue import evaluate_glue, trial_path
 from crammer.eval.tasks import load_task, missing_files
 from crammer.io import read_json
 from crammer.model import make_config
-from crammer.report.layout import RunLayout
-from crammer.report.presets import RUN_PRESETS
+from crammer.model.presets import check_positions
+from crammer.pipeline.layout import RunLayout
+from crammer.pipeline.presets import RUN_PRESETS
+from crammer.pipeline.state import RunState, write_run_record
 from crammer.report.report import build_report
-from crammer.report.state import RunState, write_run_record
-from crammer.train import PretrainConfig, make_pretrain_config, pretrain
+from crammer.runtime import resolve_device
 from crammer.train.checkpoint import latest_checkpoint
-from crammer.train.loop import SUMMARY_FILE
+from crammer.train.config import PRESETS as PRETRAIN_PRESETS
+from crammer.train.config import PretrainConfig
+from crammer.train.files import SUMMARY_FILE
+from crammer.train.loop import pretrain
+from crammer.train.setup import check_micro_batch
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The resolved config of every stage: what run.json stores and the report prints."""
+    """The resolved config of every stage: what run.json stores and the report prints. Overrides reach a
+    stage by its prefix (`data.vocab_size=16384`, `pretrain.optim.lr=5e-4`, `pretrain.model.X=...`,
+    `glue.epochs=3`), through the same typed parser as every other config."""
 
     preset: str
     data: CorpusConfig
     pretrain: PretrainConfig
     glue: GlueConfig
+
+    FIXED_KEYS = {"preset": "choose it with --preset"}
 
 
 def make_run_config(
@@ -59,50 +68,38 @@ def make_run_config(
     overrides: Sequence[str] = (),
     glue_protocol: str | None = None,
 ) -> RunConfig:
-    """A run preset + command-line options + `data.X=`/`pretrain.X=`/`glue.X=` overrides."""
+    """A run preset + command-line options + `data.X=`/`pretrain.X=`/`glue.X=` overrides (which win over the
+    options, except --budget)."""
     names = pick_preset(RUN_PRESETS, preset, "run preset")
-    by_stage: dict[str, list[str]] = {"data": [], "pretrain": [], "glue": []}
-    for item in overrides:
-        stage, _, rest = item.partition(".")
-        if stage not in by_stage or not rest or "=" not in rest:
-            raise CrammerError(f"bad override {item!r}: expected data.KEY=VALUE, pretrain.KEY=VALUE or glue.KEY=VALUE")
-        by_stage[stage].append(rest)
-
     data = pick_preset(DATA_PRESETS, names.data, "data preset")
-    data = dataclasses.replace(data, out=str(RunLayout(out).data))
-    if sources:
-        data = dataclasses.replace(data, sources=tuple(sources))
-    data = apply_overrides(data, by_stage["data"])
-
-    pretrain = make_pretrain_config(
-        names.pretrain, by_stage["pretrain"], budget_seconds=parse_duration(budget or names.budget)
-    )
+    data = dataclasses.replace(data, out=str(RunLayout(out).data), sources=tuple(sources) or data.sources)
     glue_options = [f"glue_dir={glue_dir}"] if glue_dir else []
     glue_options += [f"tasks={tasks}"] if tasks else []
     glue_options += [f"trials={trials}"] if trials is not None else []
-    glue = make_glue_config(glue_protocol or names.glue_protocol,
-                            [*names.glue_overrides, *glue_options, *by_stage["glue"]])
-    return check_run_config(RunConfig(preset=preset, data=data, pretrain=pretrain, glue=glue), out)
+    glue = make_glue_config(glue_protocol or names.glue_protocol, [*names.glue_overrides, *glue_options])
+    pretrain_preset = pick_preset(PRETRAIN_PRESETS, names.pretrain, "pretrain preset")
+    config = apply_overrides(RunConfig(preset, data, pretrain_preset, glue), overrides)
+    budget_s = parse_duration(budget or names.budget)
+    pretrain = dataclasses.replace(config.pretrain, budget_seconds=budget_s, budget_tokens=None).validate()
+    return check_run_config(dataclasses.replace(config, pretrain=pretrain), out)
 
 
 def check_run_config(config: RunConfig, out: Path) -> RunConfig:
     """Catch what would otherwise fail only after hours of data preparation or pretraining.
 
     Each stage validates its own keys when its config is built; this checks what only shows when the
-    stages meet: model overrides (parsed when the model is built), the corpus's sequence length and GLUE's
-    max_length against the model's positions, a micro-batch on a machine that cannot auto-size one (unless
-    `out` already holds the final model), and the GLUE device.
+    stages meet: the corpus's sequence length and GLUE's max_length against the model's positions, a
+    micro-batch on a machine that cannot auto-size one (unless `out` already holds the final model), and the
+    GLUE device.
     """
     model = make_config(config.pretrain.model, config.data.vocab_size, config.pretrain.model_overrides)
-    if config.data.seq_len > model.max_position_embeddings:
-        raise CrammerError(f"data.seq_len={config.data.seq_len} exceeds the model's max_position_embeddings="
-                           f"{model.max_position_embeddings}; lower data.seq_len or set "
-                           f"pretrain.model.max_position_embeddings={config.data.seq_len}")
-    pretrained = (RunLayout(out).final / SUMMARY_FILE).is_file()  # GLUE and the report may run on a CPU
-    if config.pretrain.batch.micro_batch is None and not torch.cuda.is_available() and not pretrained:
-        raise CrammerError("pretrain.batch.micro_batch must be set without a GPU (auto-sizing needs CUDA), "
-                           "e.g. pretrain.batch.micro_batch=16")
-    check_max_length(config.glue.max_length, model, f"the {config.pretrain.model!r} model preset")
+    model_name = f"the {config.pretrain.model!r} model preset"
+    seq_len = config.data.seq_len
+    check_positions(seq_len, model, "data.seq_len", model_name,
+                    f"lower data.seq_len or set pretrain.model.max_position_embeddings={seq_len}")
+    if not (RunLayout(out).final / SUMMARY_FILE).is_file():  # GLUE and the report may run on a CPU
+        check_micro_batch(config.pretrain, torch.cuda.is_available(), prefix="pretrain.")
+    check_max_length(config.glue.max_length, model, model_name, setting="glue.max_length")
     resolve_device(config.glue.device, "glue.device")
     return config
 
@@ -182,9 +179,25 @@ def _pretrain_stage(config: RunConfig, data_dir: Path, layout: RunLayout, state:
     return final
 
 
-def _glue_stage(config: RunConfig, final: Path, layout: RunLayout, state: RunState) -> None:
-    """Fine-tune on every reachable task; unreachable ones are recorded with the reason, and retried
-    by the next invocation (finished trials are never redone)."""
+def task_unreachable(task: str, glue_dir: str | None) -> str | None:
+    """Why `task` cannot be loaded (missing from the local folder, or the hub unreachable), else None.
+
+    Only availability is a reason to skip: a malformed file is still an error when the task runs.
+    """
+    if glue_dir is not None:
+        missing = missing_files(task, glue_dir)
+        return f"not in --glue-dir ({missing[0]} not found)" if missing else None
+    try:
+        load_task(task, None)
+    except CrammerError as e:
+        return str(e)
+    return None
+
+
+def _glue_stage(config: RunConfig, final: Path, layout: RunLayout, state: RunState,
+                unreachable: Callable[[str, str | None], str | None] = task_unreachable) -> None:
+    """Fine-tune on every reachable task (`unreachable` says why one is not); unreachable ones are recorded
+    with the reason, and retried by the next invocation (finished trials are never redone)."""
     record = state.stages.get("glue")
     if record is not None and not record["skipped"]:
         print(f"[glue] skipped: every task is done ({layout.glue / 'results.md'})")
@@ -213,18 +226,3 @@ def _glue_stage(config: RunConfig, final: Path, layout: RunLayout, state: RunSta
 
 def _trials_done(glue: GlueConfig, layout: RunLayout, task: str) -> bool:
     return all(trial_path(layout.glue, task, k).is_file() for k in range(glue.trials))
-
-
-def unreachable(task: str, glue_dir: str | None) -> str | None:
-    """Why `task` cannot be loaded (missing from the local folder, or the hub unreachable), else None.
-
-    Only availability is a reason to skip: a malformed file is still an error when the task runs.
-    """
-    if glue_dir is not None:
-        missing = missing_files(task, glue_dir)
-        return f"not in --glue-dir ({missing[0]} not found)" if missing else None
-    try:
-        load_task(task, None)
-    except CrammerError as e:
-        return str(e)
-    return None

@@ -1,0 +1,73 @@
+"""What decides a prepared corpus: `CorpusConfig`, its named presets and the checks every config passes.
+
+A config is checked when it is built (a preset, a flag, a `key=value` override), so a bad value fails at
+once, before any output folder is touched or any document read. Its `recipe_hash()` is the cache key
+of a prepared corpus: a change to it would make every earlier corpus look stale.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+from crammer.config import check_literals, config_hash, to_dict
+from crammer.errors import CrammerError
+
+Order = Literal["random", "easy-first", "sentence-length", "none"]  # none: corpus order
+ORDERS = typing.get_args(Order)
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Everything that decides the prepared corpus (`out` and `workers` do not change its bytes)."""
+
+    sources: tuple[str, ...] = ("pydoc",)
+    out: str = "data"
+    vocab_size: int = 32768
+    seq_len: int = 128
+    filter_ratio: float = 0.3  # keep a document only if n_tokens < ratio * n_chars; 0 disables
+    order: Order = "random"
+    dedup: bool = False
+    max_docs: int | None = None  # cap on documents read over all sources
+    seed: int = 0
+    tokenizer: str | None = None  # reuse this tokenizer instead of training one
+    tokenizer_docs: int | None = None  # train the tokenizer on the first N documents only (None: all)
+    text_field: str = "text"
+    lowercase: bool = True  # normalization of a trained tokenizer (a given one keeps its own)
+    strip_accents: bool = True
+    ascii_only: bool = False
+    skip_bad: bool = False  # skip and count bad records instead of failing
+    shard_sequences: int = 65536  # blocks per shard file
+    workers: int | None = None  # tokenizer threads; None = one per CPU
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise CrammerError("data: no --source given")
+        for name, low in (("vocab_size", 16), ("seq_len", 2), ("shard_sequences", 1), ("workers", 1),
+                          ("tokenizer_docs", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:  # None: the default (one per CPU, all documents)
+                raise CrammerError(f"data.{name}: must be >= {low}, got {value}")
+        if self.filter_ratio < 0:
+            raise CrammerError(f"data.filter_ratio: must be >= 0, got {self.filter_ratio}")
+        if self.max_docs is not None and self.max_docs <= 0:
+            raise CrammerError(f"data.max_docs: must be positive, got {self.max_docs}")
+        check_literals(self, "data.")
+
+    def recipe_hash(self) -> str:
+        """Hash of the fields that determine the output bytes: the cache key."""
+        recipe = {k: v for k, v in to_dict(self).items() if k not in ("out", "workers")}
+        return config_hash(recipe)
+
+
+PRESETS: dict[str, CorpusConfig] = {
+    # Offline smoke corpus: CPython's bundled docs, ~465k characters. Not for real pretraining.
+    "smoke": CorpusConfig(sources=("pydoc",), vocab_size=8192),
+    # The cramming recipe's data: English Wikipedia + BookCorpus (hub, streamed).
+    "bookcorpus-wiki": CorpusConfig(
+        sources=("hf:wikimedia/wikipedia:20231101.en@train", "hf:rojagtap/bookcorpus@train"), ascii_only=True
+    ),
+    # Colossal Clean Crawled Corpus, English (hub, streamed), as in the cramming paper's C4 runs.
+    "c4": CorpusConfig(sources=("hf:allenai/c4:en@train",), ascii_only=True),
+}

@@ -1,0 +1,137 @@
+"""Documents -> token ids: tokenized in chunks by `workers` threads, filtered, deduplicated.
+
+The documents are read in chunks of about `CHUNK_CHARS` characters; each thread tokenizes a chunk with
+the Rust backend (`encode_batch_fast`), applies the compression filter and returns one numpy array of
+token ids with `[SEP]` after each kept document. Chunks come back in submission order, so the output
+is byte-identical for any number of workers. The main thread then drops duplicate documents (first
+copy wins) with a `Deduplicator`.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import hashlib
+import itertools
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+CHUNK_CHARS = 1 << 20  # characters per work item: big enough to amortize a call, small enough to stream
+
+
+def keep_document(n_tokens: np.ndarray, n_chars: np.ndarray, ratio: float) -> np.ndarray:
+    """The compression filter: text that tokenizes badly (tables, code, foreign script) is dropped."""
+    keep = n_tokens > 0
+    if ratio > 0:
+        keep &= n_tokens < ratio * n_chars
+    return keep
+
+
+@dataclass
+class EncodedChunk:
+    tokens: np.ndarray  # kept documents' ids, each followed by [SEP]
+    doc_lengths: np.ndarray  # tokens per kept document, [SEP] included
+    doc_hashes: list[bytes]  # per kept document, only when deduplicating
+    filtered: int
+
+
+@dataclass(frozen=True)
+class ChunkEncoder:
+    """Tokenize a chunk of documents in one Rust call and filter them; numpy arrays out."""
+
+    tok: Tokenizer
+    filter_ratio: float
+    sep_id: int
+    dedup: bool  # hash each kept document here, in the worker threads
+    dtype: np.dtype
+
+    def __call__(self, texts: list[str]) -> EncodedChunk:
+        encodings = self.tok.encode_batch_fast(texts, add_special_tokens=False)
+        n_tokens = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        n_chars = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=self.dtype,
+                          count=int(n_tokens.sum()))
+        keep = keep_document(n_tokens, n_chars, self.filter_ratio)
+        kept_ids = ids[np.repeat(keep, n_tokens)]
+        kept_lengths = n_tokens[keep]
+        tokens = np.insert(kept_ids, np.cumsum(kept_lengths), self.sep_id)
+        doc_lengths = kept_lengths + 1
+        hashes = []
+        if self.dedup:
+            bounds = np.concatenate([[0], np.cumsum(doc_lengths)])
+            hashes = [hashlib.blake2b(tokens[a:b].tobytes(), digest_size=16).digest()
+                      for a, b in zip(bounds[:-1], bounds[1:])]
+        return EncodedChunk(tokens, doc_lengths, hashes, int((~keep).sum()))
+
+
+class Deduplicator:
+    """Drops a document whose token ids were seen before: duplicates after normalization, first copy wins.
+
+    It holds a 16-byte hash per distinct document, so its memory grows with the corpus.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+        self.duplicates = 0
+
+    def filter(self, chunk: EncodedChunk) -> np.ndarray:
+        """The chunk's tokens without the documents seen before (in this chunk or an earlier one)."""
+        fresh = np.empty(len(chunk.doc_hashes), dtype=bool)
+        for i, h in enumerate(chunk.doc_hashes):  # in order: the first copy wins
+            fresh[i] = h not in self._seen
+            self._seen.add(h)
+        self.duplicates += int((~fresh).sum())
+        return chunk.tokens[np.repeat(fresh, chunk.doc_lengths)]
+
+
+def chunk_documents(docs: Iterable[str]) -> Iterator[list[str]]:
+    """Documents in groups of about CHUNK_CHARS characters (a document is never split)."""
+    chunk: list[str] = []
+    chars = 0
+    for doc in docs:
+        chunk.append(doc)
+        chars += len(doc)
+        if chars >= CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def encode_all(chunks: Iterator[list[str]], workers: int, encode: ChunkEncoder) -> Iterator[EncodedChunk]:
+    """Encode chunks in order; at most 2 per worker in flight, so reading never runs ahead of memory.
+
+    Threads, not processes: the encoder runs without the GIL, so threads scale like processes
+    (measured 2.0x on 2 cores) without each worker paying for a fresh interpreter and for copying
+    text and ids between processes. The Rust side's own thread pool is switched off meanwhile, so
+    `workers` is the parallelism.
+    """
+    with rust_parallelism(False), concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.submit(encode, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+@contextlib.contextmanager
+def rust_parallelism(enabled: bool) -> Iterator[None]:
+    """`tokenizers` reads TOKENIZERS_PARALLELISM at every batch call."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = str(enabled).lower()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before

@@ -1,0 +1,92 @@
+"""The step logger: what a person watching a run sees (a status line or progress bar) and what
+`metrics.jsonl` (and TensorBoard / W&B) records, one row every `logging.every_steps` steps."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from crammer.train.config import LoggingConfig
+from crammer.train.metrics import GpuMonitor, MetricsLog, peak_flops, status_line
+from crammer.train.state import Budget, LaunchedStep, TrainState
+
+
+class StepLogger:
+    """Throughput over each logging interval, MFU, the mean loss of the healthy steps in it, GPU readings."""
+
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, enabled: bool, config: dict[str, Any],
+                 device: torch.device, flops_per_token: float, world_size: int, budget: Budget):
+        self.cfg = cfg
+        self.device = device
+        self.flops_per_token = flops_per_token
+        self.world_size = world_size
+        self.budget = budget
+        self.peak_flops = peak_flops(device, cfg.peak_tflops)
+        self.metrics = MetricsLog(run_dir, cfg, enabled, config)
+        self.gpu = GpuMonitor(device)
+        self.enabled = enabled
+        self.bar: tqdm | None = None  # from `start` on
+        self.last = (0.0, 0)  # (host time, tokens) at the last logged step: see `start`
+        self.losses: list[float] = []  # healthy steps since then
+
+    def start(self, now: float, tokens: int) -> None:
+        """The run starts: the progress bar appears, and the first interval's throughput counts from here
+        (set-up and a resumed run's past do not count)."""
+        self.bar = tqdm(total=100, bar_format="{percentage:3.0f}% |{bar:20}| {desc}", disable=not self.enabled,
+                        file=sys.stderr)
+        self.last = (now, tokens)
+
+    def resume_after(self, step: int) -> None:
+        """Drop rows an interrupted run wrote after the checkpoint being resumed."""
+        self.metrics.truncate_after(step)
+
+    def due(self, step: int) -> bool:
+        return step % self.cfg.every_steps == 0
+
+    def add_loss(self, loss: float) -> None:
+        self.losses.append(loss)
+
+    def log(self, launched: LaunchedStep, grad_norm: float, elapsed: float, state: TrainState,
+            micro_batch: int, progress_now: float) -> dict[str, Any]:
+        """Write the row of a collected step; `progress_now` moves the bar."""
+        tokens, queued_at = launched.tokens, launched.queued_at
+        tokens_per_s = (tokens - self.last[1]) / max(queued_at - self.last[0], 1e-9)
+        self.last = (queued_at, tokens)
+        mfu = None
+        if self.peak_flops:
+            mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world_size)
+        record = {
+            "step": launched.step,
+            "tokens": tokens,
+            "progress": launched.progress,
+            "elapsed_s": elapsed,
+            "remaining_s": self.budget.remaining_seconds(elapsed, tokens, tokens_per_s),
+            "loss": sum(self.losses) / len(self.losses) if self.losses else None,
+            "lr": launched.lr,
+            "batch_size": launched.batch_size,
+            "micro_batch": micro_batch,
+            "accumulation": launched.accumulation,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu,
+            "nonfinite_total": state.nonfinite_total,
+            "rollbacks": state.rollbacks,
+            **self.gpu.sample(),
+        }
+        if self.device.type == "cuda":
+            record["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+        self.losses = []
+        self.metrics.write(record)
+        if self.bar is not None:
+            self.bar.n = round(100 * min(progress_now, 1.0), 1)
+            self.bar.set_description_str(status_line(record))
+        return record
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.metrics.close()

@@ -1,0 +1,88 @@
+"""The shape of the code that the README's Architecture section promises: a quick command line, stages
+that do not import each other sideways, configs that refuse a bad choice however they are built."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crammer.errors import CrammerError
+from tests.conftest import REPO_ROOT
+
+SRC = REPO_ROOT / "src" / "crammer"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every crammer module a file imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return {name for name in found if name.startswith("crammer")}
+
+
+@pytest.mark.parametrize("package, forbidden", [("train", "crammer.eval"), ("eval", "crammer.train"),
+                                                ("model", "crammer.train"), ("model", "crammer.eval"),
+                                                ("data", "crammer.train"), ("data", "crammer.model")])
+def test_stages_do_not_import_each_other_sideways(package, forbidden):
+    offenders = {str(path.relative_to(SRC)): sorted(m for m in _imported_modules(path) if m.startswith(forbidden))
+                 for path in (SRC / package).rglob("*.py")}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def _modules_loaded_by(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
+                         capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    return set(out.stdout.split())
+
+
+def test_the_command_line_starts_without_torch_or_transformers():
+    loaded = _modules_loaded_by("import crammer.cli")
+    assert "torch" not in loaded and "transformers" not in loaded
+
+
+@pytest.mark.parametrize("command", [[], ["data", "prepare"], ["pretrain"], ["bench"], ["plan"], ["plot"],
+                                     ["glue"], ["run"], ["report"]])
+def test_help_of_every_command_needs_no_torch(command):
+    code = ("from crammer.cli import main\n"
+            f"try:\n    main({[*command, '--help']!r})\nexcept SystemExit as e:\n    assert e.code == 0\n")
+    loaded = _modules_loaded_by(code)
+    assert "torch" not in loaded and "transformers" not in loaded and "tokenizers" not in loaded
+
+
+def _configs():
+    from crammer.data.config import CorpusConfig
+    from crammer.eval.config import GlueConfig
+    from crammer.train.config import PretrainConfig, ScheduleConfig, StreamConfig
+
+    return [
+        (lambda: PretrainConfig(precision="bf17"), "precision='bf17'"),
+        (lambda: PretrainConfig(schedule=ScheduleConfig(lr="triangel")), "schedule.lr='triangel'"),
+        (lambda: PretrainConfig(data=StreamConfig(order="shufled")), "data.order='shufled'"),
+        (lambda: GlueConfig(schedule="cosin"), "schedule='cosin'"),
+        (lambda: GlueConfig(precision="fp16"), "precision='fp16'"),
+        (lambda: CorpusConfig(order="easy"), "order"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_every_literal_field_is_checked_however_the_config_is_built(index):
+    build, field = _configs()[index]
+    with pytest.raises(CrammerError, match=field.replace("(", r"\(")):
+        build()
+
+
+def test_a_valid_python_built_pretrain_config_validates():
+    from crammer.train.config import PretrainConfig
+
+    assert PretrainConfig(precision="bf16").validate().precision == "bf16"
+    with pytest.raises(CrammerError, match="unknown model config key 'layers'"):
+        PretrainConfig(model_overrides=("layers=2",)).validate()
+    with pytest.raises(CrammerError, match="unknown model preset 'huge'"):
+        PretrainConfig(model="huge").validate()
