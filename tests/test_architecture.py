@@ -48,7 +48,7 @@ def test_the_command_line_starts_without_torch_or_transformers():
 
 
 @pytest.mark.parametrize("command", [[], ["data", "prepare"], ["pretrain"], ["bench"], ["plan"], ["plot"],
-                                     ["glue"], ["run"], ["report"]])
+                                     ["glue"], ["finetune"], ["run"], ["report"], ["validate"]])
 def test_help_of_every_command_needs_no_torch(command):
     code = ("from crammer.cli import main\n"
             f"try:\n    main({[*command, '--help']!r})\nexcept SystemExit as e:\n    assert e.code == 0\n")

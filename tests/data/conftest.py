@@ -13,10 +13,11 @@ from crammer.data.prepare import prepare
 
 @pytest.fixture(scope="session")
 def sample_corpus(wiki_sample: Path, tmp_path_factory) -> Path:
-    """`sample.txt` prepared with a 2000-token vocab, corpus order, no filter (reused as --tokenizer)."""
+    """`sample.txt` prepared with a 2000-token vocab, corpus order, no filter, no validation split (so its
+    blocks are the whole document stream; reused as --tokenizer)."""
     out = tmp_path_factory.mktemp("sample") / "data"
     return prepare(CorpusConfig(sources=(str(wiki_sample),), out=str(out), vocab_size=2000, seq_len=64,
-                                filter_ratio=0.0, order="none"), progress=False)
+                                filter_ratio=0.0, order="none", validation_sequences=0), progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -57,10 +57,11 @@ def tokenizer_path(tok, tmp_path: Path) -> Path:
     return path
 
 
-def stream(out: Path) -> np.ndarray:
-    """All blocks of a prepared corpus, in stored order, as one flat token stream."""
+def stream(out: Path, shards: str = "shards") -> np.ndarray:
+    """All blocks of a prepared corpus (`validation_shards`: of its validation split), in stored order, as one
+    flat token stream."""
     manifest = json.loads((out / "manifest.json").read_text())
-    return np.concatenate([np.load(out / s["file"]).ravel() for s in manifest["shards"]]).astype(np.int64)
+    return np.concatenate([np.load(out / s["file"]).ravel() for s in manifest[shards]]).astype(np.int64)
 
 
 def expected_stream(tok: Tokenizer, docs: list[str], seq_len: int) -> np.ndarray:

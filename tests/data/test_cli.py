@@ -14,19 +14,21 @@ def test_cli_prepare_and_inspect(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["data", "prepare", "--source", "pydoc::max_docs=20", "--out", str(out), "--vocab-size", "600",
             "--seq-len", "32", "--order", "easy-first", "--dedup", "--seed", "3", "--filter-ratio", "0.4",
-            "--workers", "2", "--quiet", "ascii_only=true", "shard_sequences=50"]
+            "--workers", "2", "--validation-sequences", "10", "--quiet", "ascii_only=true", "shard_sequences=50"]
     assert main(argv) == 0
     m = manifest(out)
     cfg = m["config"]
     assert (cfg["order"], cfg["dedup"], cfg["seed"], cfg["ascii_only"], cfg["shard_sequences"]) == (
         "easy-first", True, 3, True, 50)
     assert m["counts"]["documents_read"] == 20 and len(m["shards"]) > 1
+    assert m["validation_sequences"] >= 10 and m["validation_documents"] >= 1 and cfg["validation_sequences"] == 10
     assert "Replace" in json.dumps(m["normalizer"])  # ascii_only made it into the tokenizer
     capsys.readouterr()
-    assert main(["data", "inspect", str(out), "-n", "2"]) == 0
+    assert main(["data", "inspect", str(out), "-n", "10"]) == 0
     shown = capsys.readouterr().out
     assert f"{m['num_sequences']} sequences x 32 tokens" in shown and "smoke corpus" in shown
-    assert "documents_read=20" in shown and "--- sequence 1 ---" in shown and "[SEP]" in shown
+    assert f"validation: {m['validation_sequences']} sequences from {m['validation_documents']} held-out" in shown
+    assert "documents_read=20" in shown and "--- sequence 9 ---" in shown and "[SEP]" in shown
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

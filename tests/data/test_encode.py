@@ -66,8 +66,10 @@ def test_deduplicator_keeps_the_first_copy_across_chunks():
         return EncodedChunk(tokens, np.asarray([len(d) + 1 for d in docs]), hashes, filtered=0)
 
     dedup = Deduplicator()
-    assert dedup.filter(chunk([[5, 6], [7], [5, 6]])).tolist() == [5, 6, 3, 7, 3]
-    assert dedup.filter(chunk([[7], [8, 9]])).tolist() == [8, 9, 3]
+    tokens, lengths = dedup.filter(chunk([[5, 6], [7], [5, 6]]))
+    assert tokens.tolist() == [5, 6, 3, 7, 3] and lengths.tolist() == [3, 2]
+    tokens, lengths = dedup.filter(chunk([[7], [8, 9]]))
+    assert tokens.tolist() == [8, 9, 3] and lengths.tolist() == [3]
     assert dedup.duplicates == 2
 
 

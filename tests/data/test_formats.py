@@ -39,7 +39,11 @@ def test_json_problems_name_file_and_line(tok_file, tmp_path):
     path.write_text('{"text": "fine"}\n{"text": 3}\n')
     assert f"{path}:2: field 'text' is int" in error_of(tmp_path, [str(path)], tok_file)
     path.write_text('{"text": "fine fine fine fine"}\n{"text": oops}\n')
-    assert f"{path}:2: invalid JSON" in error_of(tmp_path, [str(path)], tok_file)
+    assert f"{path}:2: invalid JSON (Expecting value: line 2 column 10)" == error_of(tmp_path, [str(path)], tok_file)
+    path.write_text('{"text": "fine"}\n{"text": "cut short')  # a file cut mid-record: the message is whole
+    assert error_of(tmp_path, [str(path)], tok_file) == (f"{path}:2: invalid JSON (Unterminated string starting "
+                                                         "at: line 2 column 10)")
+    path.write_text('{"text": "fine fine fine fine"}\n{"text": oops}\n')
     out = build(tmp_path, [str(path)], tok_file, skip_bad=True)
     assert manifest(out)["counts"]["documents_bad"] == 1
     bad_parquet = tmp_path / "d.parquet"

@@ -13,7 +13,7 @@ from tests.data.helpers import manifest, stream, tokenizer_path
 
 def test_orderings(sample_corpus, tokenizer, wiki_sample, tmp_path):
     tok = str(tokenizer_path(tokenizer, tmp_path))
-    base = dict(sources=(str(wiki_sample),), tokenizer=tok, seq_len=64, filter_ratio=0.0)
+    base = dict(sources=(str(wiki_sample),), tokenizer=tok, seq_len=64, filter_ratio=0.0, validation_sequences=0)
     plain = stream(sample_corpus).reshape(-1, 64)
 
     def blocks(order, seed=0):

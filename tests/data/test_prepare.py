@@ -47,7 +47,7 @@ def test_jsonl_xz_slice_filter_and_counts(shared_data, tokenizer, tmp_path):
     xz = str(shared_data / "wiki" / "enwiki-2015-00.jsonl.xz")
     out = prepare(CorpusConfig(sources=(xz,), out=str(tmp_path / "d"),
                                tokenizer=str(tokenizer_path(tokenizer, tmp_path)), max_docs=40, seq_len=128,
-                               order="none", filter_ratio=ratio), progress=False)
+                               order="none", filter_ratio=ratio, validation_sequences=0), progress=False)
     kept = [d for d in docs if len(tokenizer.encode(d, add_special_tokens=False).ids) < ratio * len(d)]
     assert 0 < len(kept) < len(docs)  # the slice has documents on both sides of the filter
     c = manifest(out)["counts"]
@@ -64,7 +64,7 @@ def test_global_max_docs_trains_the_tokenizer_on_those_documents(tmp_path):
     for tokenizer_docs in (None, 20):  # 20: between max_docs/2 and max_docs, so the passes overlap
         out = prepare(CorpusConfig(sources=("pydoc",), out=str(tmp_path / f"d{tokenizer_docs}"), max_docs=30,
                                    tokenizer_docs=tokenizer_docs, vocab_size=1000, seq_len=32, filter_ratio=0.0,
-                                   order="none"), progress=False)
+                                   order="none", validation_sequences=0), progress=False)
         tok = Tokenizer.from_file(str(out / "tokenizer.json"))
         trained_on = docs[:tokenizer_docs]
         assert tok.get_vocab() == train_wordpiece(lambda: trained_on, 1000, normalizer, False).get_vocab()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Iterator
@@ -56,6 +57,20 @@ def test_missing_and_empty_inputs(tok_file, tmp_path):
     (tmp_path / "data.csv").write_text("a,b\n")
     assert "unsupported file type" in error_of(tmp_path, [str(tmp_path / "data.csv")], tok_file)
     assert "glob matches no" in error_of(tmp_path, [str(tmp_path / "*.parquet")], tok_file)
+
+
+def test_a_fifo_or_a_link_loop_says_what_it_is(tok_file, tmp_path):
+    """pathlib's tests only say "not a file": a named pipe or a link to itself is no missing file."""
+    fifo = tmp_path / "corpus.txt"
+    os.mkfifo(fifo)
+    assert error_of(tmp_path, [str(fifo)], tok_file) == f"{fifo}: is a FIFO (named pipe), not a file"
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(loop)
+    assert error_of(tmp_path, [str(loop)], tok_file) == (f"{loop}: symbolic link loop (a link that leads back to "
+                                                         "itself), not a file")
+    dangling = tmp_path / "gone.txt"
+    dangling.symlink_to(tmp_path / "deleted.txt")
+    assert error_of(tmp_path, [str(dangling)], tok_file) == f"{dangling}: no such file or directory"
 
 
 def test_hub_source_offline_is_a_clear_error(tok_file, tmp_path, monkeypatch):

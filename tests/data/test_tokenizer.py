@@ -59,7 +59,7 @@ def test_given_tokenizer_keeps_whole_documents_and_adds_no_padding(minilm_path, 
     source = tmp_path / "docs.jsonl"
     source.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     out = prepare(CorpusConfig(sources=(str(source),), out=str(tmp_path / "d"), tokenizer=str(minilm_path), seq_len=64,
-                               filter_ratio=0.0, order="none"), progress=False)
+                               filter_ratio=0.0, order="none", validation_sequences=0), progress=False)
     reference = Tokenizer.from_file(str(minilm_path / "tokenizer.json"))
     assert reference.truncation and reference.padding  # the file's own settings, which packing must not use
     reference.no_truncation()

@@ -9,7 +9,6 @@ from crammer.model import (
     MODEL_PRESETS,
     CrammedBertConfig,
     CrammedBertForMaskedLM,
-    CrammedBertForSequenceClassification,
     count_parameters,
     make_config,
     training_flops_per_token,
@@ -90,7 +89,7 @@ def test_untied_decoder_counts_separately():
 
 def test_training_flops_per_token_formula():
     config = make_config("small", 1000)
-    model = CrammedBertForSequenceClassification(config)
+    model = CrammedBertForMaskedLM(config)  # the MLM's encoder: what pretraining trains (no pooler)
     n_body = count_parameters(model.bert, include_embeddings=False)
     d, layers, seq = 256, 4, 128
     expected = 6 * n_body + 12 * layers * d * seq + 6 * d * 1000 * 0.25

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
-    PreTrainedTokenizerFast,
     pipeline,
 )
 
@@ -53,8 +51,9 @@ def test_save_writes_safetensors_config_and_code(saved_mlm):
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "crammed_bert" and config["architectures"] == ["CrammedBertForMaskedLM"]
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM",
-                                       "AutoModelForSequenceClassification"}
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForPreTraining",
+                                       "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
+                                       "AutoModelForQuestionAnswering", "AutoModelForMultipleChoice"}
     for name in ("modeling_crammed_bert.py", "configuration_crammed_bert.py"):
         tree = ast.parse((folder / name).read_text())
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
@@ -110,6 +109,15 @@ def test_trust_remote_code_loads_without_crammer(saved_mlm, tmp_path):
         assert torch.equal(model(ids).logits, expected)
         cls = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True, num_labels=2)
         assert cls(ids).logits.shape == (2, 2)
+        import transformers
+        for auto, field, shape in (("AutoModelForTokenClassification", "logits", (2, 11, 2)),
+                                   ("AutoModelForQuestionAnswering", "start_logits", (2, 11)),
+                                   ("AutoModelForPreTraining", "logits", (2, 11, {VOCAB}))):
+            head = getattr(transformers, auto).from_pretrained({str(folder)!r}, trust_remote_code=True)
+            assert type(head).__module__ == module, (auto, type(head).__module__)
+            assert getattr(head(ids), field).shape == shape, auto
+        choice = transformers.AutoModelForMultipleChoice.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert choice(ids[None]).logits.shape == (1, 2)
         assert "crammer" not in sys.modules, "crammer was imported"
         print("REMOTE-OK", module)
     """)
@@ -119,23 +127,6 @@ def test_trust_remote_code_loads_without_crammer(saved_mlm, tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE-OK transformers_modules." in result.stdout
-
-
-@pytest.fixture(scope="module")
-def tokenizer(wiki_sample) -> PreTrainedTokenizerFast:
-    """A small WordPiece tokenizer trained on the first ~40 KB of the Wikipedia sample."""
-    text = wiki_sample.read_text(encoding="utf-8")[:40_000].splitlines()
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(text, trainers.WordPieceTrainer(vocab_size=VOCAB, special_tokens=specials))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
 def test_fill_mask_pipeline_runs(tokenizer, tmp_path):

@@ -7,7 +7,8 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertForMaskedLM, BertForSequenceClassification
+import transformers
+from transformers import BertForMaskedLM, BertModel
 
 from crammer.model import (
     CrammedBertForMaskedLM,
@@ -15,9 +16,11 @@ from crammer.model import (
     CrammedBertModel,
     make_config,
 )
+from crammer.model import modeling_crammed_bert as modeling
 from crammer.model.modeling_crammed_bert import apply_rotary, rotary_cos_sin
 
 VOCAB = 211
+HEADS = ("SequenceClassification", "TokenClassification", "QuestionAnswering", "MultipleChoice")
 
 ARCHITECTURES = {
     "crammed": [],
@@ -54,7 +57,7 @@ def test_shapes_and_dtypes(arch):
 
 
 def test_forward_takes_hugging_face_berts_positional_order():
-    """input_ids, attention_mask, token_type_ids, as in BertForMaskedLM (labels used to be the third)."""
+    """input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds (and a head's labels) as in BERT."""
     model = CrammedBertForMaskedLM(tiny(*ARCHITECTURES["original"])).eval()  # token types change the output
     ids = batch()
     mask = torch.ones_like(ids)
@@ -63,13 +66,19 @@ def test_forward_takes_hugging_face_berts_positional_order():
     out = model(ids, mask, types)
     assert out.loss is None
     torch.testing.assert_close(out.logits, model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits)
-    for ours, theirs in ((CrammedBertForMaskedLM, BertForMaskedLM),
-                         (CrammedBertForSequenceClassification, BertForSequenceClassification)):
-        params = inspect.signature(ours.forward).parameters
-        assert list(params)[:4] == list(inspect.signature(theirs.forward).parameters)[:4]
-        assert all(p.kind is p.KEYWORD_ONLY for p in list(params.values())[4:])  # BERT's 4th is position_ids
-    with pytest.raises(TypeError):
-        model(ids, mask, types, ids)
+    positions = torch.arange(12).expand(3, -1)
+    torch.testing.assert_close(model(ids, mask, types, positions).logits, out.logits)
+    pairs = [(CrammedBertModel, BertModel), (CrammedBertForMaskedLM, BertForMaskedLM)]
+    pairs += [(getattr(modeling, f"CrammedBertFor{head}"), getattr(transformers, f"BertFor{head}"))
+              for head in HEADS]
+    for ours, theirs in pairs:
+        params = list(inspect.signature(ours.forward).parameters.values())[1:]  # without self
+        positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+        their_names = list(inspect.signature(theirs.forward).parameters)[1:]
+        assert positional == their_names[:len(positional)] and len(positional) >= 5, ours
+        assert params[-1].kind is params[-1].VAR_KEYWORD  # **kwargs, as in Hugging Face models
+    with pytest.raises(TypeError):  # BertForMaskedLM's 6th is encoder_hidden_states: labels are keyword-only
+        model(ids, mask, types, positions, None, ids)
 
 
 def test_bfloat16_model_runs_and_loss_is_float32():
@@ -248,12 +257,12 @@ def test_sequence_classification_losses():
 def test_classifier_pooler_and_dropout_are_read():
     config = tiny("classifier_pooler=first_token")
     model = CrammedBertForSequenceClassification(config).eval()
-    assert model.pooler.dense is None
+    assert model.bert.pooler.dense is None
     hidden = model.bert(batch()).last_hidden_state
     torch.testing.assert_close(model(batch()).logits, model.classifier(hidden[:, 0]))
     dense = CrammedBertForSequenceClassification(tiny()).eval()
     hidden = dense.bert(batch()).last_hidden_state
-    expected = dense.classifier(torch.tanh(dense.pooler.dense(hidden[:, 0])))
+    expected = dense.classifier(torch.tanh(dense.bert.pooler.dense(hidden[:, 0])))
     torch.testing.assert_close(dense(batch()).logits, expected)
     dense.train()
     assert dense.dropout.p == 0.1 and not torch.equal(dense(batch()).logits, dense(batch()).logits)

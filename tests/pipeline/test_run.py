@@ -1,11 +1,14 @@
-"""`cram run` end to end on CPU: the chain, the report with its images, skipping, resuming after a kill."""
+"""`cram run` end to end on CPU: the chain, the report with its images, skipping, resuming after a kill or in a
+copied folder, one process per folder."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +21,8 @@ import torch
 from crammer.cli import main
 from crammer.errors import CrammerError
 from crammer.pipeline.layout import RunLayout
-from crammer.pipeline.run import _glue_stage, make_run_config
-from crammer.pipeline.state import RunState
+from crammer.pipeline.run import _glue_stage, make_run_config, recorded_config
+from crammer.pipeline.state import RunState, write_run_record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,6 +59,9 @@ def test_chain_end_to_end_then_second_invocation_skips_finished_stages(tmp_path,
     assert base64.b64decode(embedded[0]) == (out / images[0]).read_bytes()
     assert '"budget_seconds": 8.0' in md and "transformers" in md  # exact config and versions
     assert f"cram run --preset tiny --out {out} --budget 8s --glue-dir {glue_dir} --tasks rte,stsb,qnli" in md
+    assert "validation MLM loss / accuracy" in md and "plots/val_accuracy.png" in images
+    card = (out / "pretrain" / "final" / "README.md").read_text()  # the model card, with GLUE once scored
+    assert "library_name:" in card and "## GLUE (dev)" in card and "(reference)" in card
 
     finished = _stage_times(out)
     assert main(args) == 0
@@ -79,6 +85,15 @@ def test_chain_end_to_end_then_second_invocation_skips_finished_stages(tmp_path,
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == md
     assert (out / "report.html").is_file()
+
+    # A copy of the folder elsewhere is the same run: every stage is found done, nothing is redone.
+    copy = tmp_path / "copied" / "run"
+    shutil.copytree(out, copy)
+    assert main([*args[:args.index("--out") + 1], str(copy), *args[args.index("--out") + 2:]]) == 0
+    copied = capsys.readouterr().out
+    assert "is up to date" in copied and "[pretrain] skipped" in copied and "rte: all 1 trials already done" in copied
+    assert {k: _stage_times(copy)[k] for k in ("data", "pretrain")} == {k: again[k] for k in ("data", "pretrain")}
+    assert json.loads((copy / "run.json").read_text())["config"]["data"]["out"] == "data"
 
 
 @pytest.mark.slow
@@ -140,6 +155,46 @@ def test_a_folder_where_no_stage_finished_takes_a_corrected_command(tmp_path, ca
     assert record["pretrain"]["seed"] == 0 and record["data"]["sources"] == [str(missing)]
     assert main(["run", "--preset", "tiny", "--out", str(out), "--source", str(tmp_path / "other.txt")]) == 2
     assert json.loads((out / "run.json").read_text())["config"]["data"]["sources"] == [str(tmp_path / "other.txt")]
+
+
+def test_a_run_folder_recorded_by_an_older_version_resumes_where_it_was_and_once_moved(tmp_path):
+    """run.json used to hold `data.out` as typed (`--out` + "/data", absolute or relative to the working
+    directory): the folder keeps its config in place and after a move; a corpus elsewhere still differs."""
+    for typed in (str(tmp_path / "here" / "demo"), str(tmp_path / "runs" / "demo"), "runs/demo"):
+        moved = tmp_path / "here" / "demo"  # where it was made (the first), or where it was moved to
+        moved.mkdir(parents=True, exist_ok=True)
+        config = make_run_config("tiny", moved)
+        old = recorded_config(config, moved)
+        old["data"]["out"] = str(Path(typed) / "data")
+        command = ["cram", "run", "--preset", "tiny", "--out", typed]
+        (moved / "run.json").write_text(json.dumps({"config": old, "command": command}))
+        assert write_run_record(moved, recorded_config(config, moved), command)["config"] == old  # kept as it was
+        elsewhere = dataclasses.replace(config, data=dataclasses.replace(config.data, out=str(tmp_path / "corpus")))
+        with pytest.raises(CrammerError, match=r"different config \(differs in: data.out\)"):
+            write_run_record(moved, recorded_config(elsewhere, moved), command)
+
+
+def test_a_second_cram_run_on_one_folder_is_refused_naming_the_first(tmp_path, capsys):
+    """Two real processes on one --out used to both train (and one died when the other's clean-up removed its
+    checkpoint staging folder): now the second gets one line with the first's pid, before touching anything."""
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "crammer", "run", "--preset", "tiny", "--budget", "60s", "--out",
+                              str(out), "--tasks", "rte"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "run.json").is_file():  # it holds the folder now
+            assert first.poll() is None, first.stderr.read().decode()
+            assert time.monotonic() < deadline, "the first run did not start"
+            time.sleep(0.1)
+        record = (out / "run.json").read_bytes()
+        assert main(["run", "--preset", "tiny", "--budget", "30s", "--out", str(out), "--tasks", "rte"]) == 2
+        assert capsys.readouterr().err == (
+            f"cram: error: {out}: this run folder is in use by another crammer process (pid {first.pid}); "
+            "wait for it to finish or stop it, or use another folder\n")
+        assert (out / "run.json").read_bytes() == record  # its different config was not even looked at
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
 
 
 def test_glue_stage_stops_asking_the_hub_after_its_first_failure(tmp_path):

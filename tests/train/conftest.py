@@ -47,6 +47,15 @@ def tiny(overrides=(), tokens: int | None = None, seconds: float | None = None):
 
 
 def metrics(run_dir: Path) -> list[dict]:
+    """The rows of logged optimizer steps (metrics.jsonl also holds the validation rows)."""
+    return [r for r in all_rows(run_dir) if "lr" in r]
+
+
+def validation(run_dir: Path) -> list[dict]:
+    return [r for r in all_rows(run_dir) if "val_loss" in r]
+
+
+def all_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

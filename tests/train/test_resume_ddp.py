@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from crammer.train.checkpoint import latest_checkpoint, load_checkpoint
-from crammer.train.loop import pretrain
+from crammer.errors import CrammerError
+from crammer.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from crammer.train.loop import Pretrainer, pretrain
 from tests.conftest import REPO_ROOT
-from tests.train.conftest import metrics, model_and_optimizer, tiny
+from tests.train.conftest import metrics, model_and_optimizer, tiny, validation
 
 TOKENS = 64 * 16 * 30
 
@@ -56,25 +57,60 @@ def test_sigterm_checkpoint_then_resume_reproduces_the_uninterrupted_run(corpus,
     assert len(a) == len((run / "final" / "model.safetensors").read_bytes())
 
 
-def test_resume_rejects_a_changed_recipe_and_skips_truncated_checkpoints(corpus, tmp_path, capsys):
+def test_resume_rejects_a_changed_recipe_and_skips_damaged_checkpoints(corpus, tmp_path, capsys):
     run = tmp_path / "run"
-    pretrain(tiny(["checkpoint.every_steps=3"], tokens=64 * 8 * 12), corpus, run)
+    cfg = tiny(["checkpoint.every_steps=2"], tokens=64 * 8 * 12)
+    pretrain(cfg, corpus, run)
     with pytest.raises(Exception, match="different config \\(optim\\)"):
-        pretrain(tiny(["checkpoint.every_steps=3", "optim.lr=1e-2"], tokens=64 * 8 * 12), corpus, run, resume=True)
-    newest = latest_checkpoint(run)
+        pretrain(tiny(["checkpoint.every_steps=2", "optim.lr=1e-2"], tokens=64 * 8 * 12), corpus, run, resume=True)
+    older, newest = list_checkpoints(run)[-2:]
     (newest / "trainer.pt").write_bytes(b"truncated")
     (run / "final").rename(tmp_path / "old-final")
-    pretrain(tiny(["checkpoint.every_steps=3"], tokens=64 * 8 * 12), corpus, run, resume=True)
-    assert "skipping incomplete checkpoint" in capsys.readouterr().err
+    pretrain(cfg, corpus, run, resume=True)
+    err = capsys.readouterr().err
+    assert f"skipping checkpoint: {newest}: damaged or incomplete checkpoint (trainer.pt has 9 bytes" in err
+    assert "Traceback" not in err
     steps = [r["step"] for r in metrics(run)]
     assert steps == sorted(set(steps)) and (run / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("damage", ["safetensors header", "trainer.pt start", "trainer.pt middle"])
+def test_a_damaged_checkpoint_of_unchanged_size_is_passed_over_then_refused(corpus, tmp_path, capsys, damage):
+    """The bytes change, the sizes do not: only the recorded digests notice. With every checkpoint damaged the
+    run stops with one line (no traceback, no advice to load untrusted pickles)."""
+    run = tmp_path / "run"
+    cfg = tiny(["checkpoint.every_steps=2", "checkpoint.keep=2"], tokens=64 * 8 * 12)
+    pretrain(cfg, corpus, run)
+    (run / "final").rename(tmp_path / "old-final")
+    older, newest = list_checkpoints(run)[-2:]
+
+    def spoil(checkpoint):
+        name, offset = {"safetensors header": ("model.safetensors", 8), "trainer.pt start": ("trainer.pt", 0),
+                        "trainer.pt middle": ("trainer.pt", None)}[damage]
+        data = bytearray((checkpoint / name).read_bytes())
+        at = len(data) // 2 if offset is None else offset
+        data[at:at + 16] = bytes(16) if data[at:at + 16] != bytes(16) else b"\xff" * 16
+        (checkpoint / name).write_bytes(bytes(data))
+
+    spoil(newest)
+    trainer = Pretrainer(cfg, corpus, run, resume=True)
+    err = capsys.readouterr().err
+    assert trainer.state.step == int(older.name.split("-")[1])  # resumed from the older one
+    assert f"skipping checkpoint: {newest}: damaged or incomplete checkpoint" in err
+    assert "does not match its recorded sha256" in err
+    trainer.stream.close()
+    spoil(older)
+    with pytest.raises(CrammerError, match=r"no checkpoint can be loaded \(all 2 are damaged"):
+        Pretrainer(cfg, corpus, run, resume=True)
+    err = capsys.readouterr().err
+    assert "weights_only" not in err and "Traceback" not in err
 
 
 def _ddp_worker(rank, world_size, port, corpus, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    pretrain(tiny(["batch.micro_batch=4", "batch.target=16"], tokens=64 * 16 * 12), corpus, out)
+    pretrain(tiny(["batch.micro_batch=4", "batch.target=16", "eval.every_steps=4"], tokens=64 * 16 * 12), corpus, out)
 
 
 @pytest.mark.slow
@@ -85,10 +121,15 @@ def test_two_process_gloo_run_matches_one_process_with_the_same_global_batch(cor
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(corpus), str(tmp_path / "ddp")), nprocs=2, join=True)
-    pretrain(tiny(["batch.micro_batch=8", "batch.target=16"], tokens=64 * 16 * 12), corpus, tmp_path / "single")
+    pretrain(tiny(["batch.micro_batch=8", "batch.target=16", "eval.every_steps=4"], tokens=64 * 16 * 12), corpus,
+             tmp_path / "single")
     ddp, single = metrics(tmp_path / "ddp"), metrics(tmp_path / "single")
     assert [r["batch_size"] for r in ddp] == [r["batch_size"] for r in single]
     assert ddp[0]["micro_batch"] == 4 and single[0]["micro_batch"] == 8
     assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in single], rel=2e-3)
     # each rank holds the global norm: the logged one is that, not a sum over ranks
     assert [r["grad_norm"] for r in ddp] == pytest.approx([r["grad_norm"] for r in single], rel=2e-3)
+    # each rank validates half of the subset; the all-reduced sums are the one-process numbers
+    ddp_val, single_val = validation(tmp_path / "ddp"), validation(tmp_path / "single")
+    assert [r["step"] for r in ddp_val] == [r["step"] for r in single_val] and len(ddp_val) >= 2
+    assert [r["val_loss"] for r in ddp_val] == pytest.approx([r["val_loss"] for r in single_val], rel=2e-3)

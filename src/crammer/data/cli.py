@@ -19,6 +19,7 @@ _FLAGS = {
     "out": "out", "vocab_size": "vocab_size", "seq_len": "seq_len", "filter_ratio": "filter_ratio",
     "order": "order", "max_docs": "max_docs", "seed": "seed", "tokenizer": "tokenizer",
     "text_field": "text_field", "workers": "workers", "tokenizer_docs": "tokenizer_docs",
+    "validation_sequences": "validation_sequences",
 }
 
 
@@ -51,6 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="seed of the random order (0)")
     p.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer (folder or tokenizer.json)")
     p.add_argument("--tokenizer-docs", type=int, metavar="N", help="train the tokenizer on the first N documents (all)")
+    p.add_argument("--validation-sequences", type=int, metavar="N",
+                   help="hold out whole documents filling about N blocks as a validation split (default: ~0.5%%, "
+                   "at least a few hundred where the corpus allows, at most 16384; 0: none)")
     p.add_argument("--text-field", help="JSON/parquet field holding the text (text)")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip and count bad records")
     p.add_argument("--workers", type=int, help=f"tokenizer threads (default: one per CPU, {os.cpu_count()} here)")
@@ -95,6 +99,10 @@ def _inspect(args: argparse.Namespace) -> int:
     m = corpus.manifest
     print(f"{corpus.path}: {m.format}, {len(corpus)} sequences x {corpus.seq_len} tokens = "
           f"{corpus.num_tokens:,} tokens, vocab {corpus.vocab_size} ({m.dtype}), {len(m.shards)} shard(s)")
+    if m.validation_shards:
+        print(f"validation: {m.validation_sequences} sequences from {m.validation_documents} held-out documents")
+    else:
+        print("validation: none (prepared without a validation split)")
     if m.smoke_corpus:
         print(f"note: {m.note}")
     print(f"sources: {', '.join(m.sources)}")

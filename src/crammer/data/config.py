@@ -38,6 +38,7 @@ class CorpusConfig:
     strip_accents: bool = True
     ascii_only: bool = False
     skip_bad: bool = False  # skip and count bad records instead of failing
+    validation_sequences: int | None = None  # held-out blocks of whole documents; None = ~0.5%, 0 = none
     shard_sequences: int = 65536  # blocks per shard file
     workers: int | None = None  # tokenizer threads; None = one per CPU
 
@@ -51,6 +52,9 @@ class CorpusConfig:
                 raise CrammerError(f"data.{name}: must be >= {low}, got {value}")
         if self.filter_ratio < 0:
             raise CrammerError(f"data.filter_ratio: must be >= 0, got {self.filter_ratio}")
+        if self.validation_sequences is not None and self.validation_sequences < 0:
+            raise CrammerError(f"data.validation_sequences: must be >= 0 (0: no validation split), "
+                               f"got {self.validation_sequences}")
         if self.max_docs is not None and self.max_docs <= 0:
             raise CrammerError(f"data.max_docs: must be positive, got {self.max_docs}")
         check_literals(self, "data.")

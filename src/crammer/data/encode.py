@@ -5,6 +5,15 @@ the Rust backend (`encode_batch_fast`), applies the compression filter and retur
 token ids with `[SEP]` after each kept document. Chunks come back in submission order, so the output
 is byte-identical for any number of workers. The main thread then drops duplicate documents (first
 copy wins) with a `Deduplicator`.
+
+Document size never sets memory. The Rust encoder needs ~300 bytes per character of the sequence it is
+working on (alignments, splits; measured: +320 MB for a 1 M character string, +33 MB in 64 Ki pieces), and
+its results ~50 bytes per character until converted. So a document longer than `PIECE_CHARS` is tokenized
+in pieces (`document_pieces`: cut after a line break, else at a space), about `CHUNK_CHARS` of them per
+call, each call's ids kept as a numpy array (2 bytes a token) and its encodings dropped. For a WordPiece
+tokenizer behind a whitespace-splitting pre-tokenizer (BERT's, ours) the concatenated ids are the whole
+document's (a tokenizer that marks word starts, such as SentencePiece's `Metaspace`, may differ at the
+cuts); the filter still judges the whole document.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 CHUNK_CHARS = 1 << 20  # characters per work item: big enough to amortize a call, small enough to stream
+PIECE_CHARS = 1 << 16  # a longer document is tokenized in pieces of at most this many characters
 
 
 def keep_document(n_tokens: np.ndarray, n_chars: np.ndarray, ratio: float) -> np.ndarray:
@@ -44,22 +54,32 @@ class EncodedChunk:
 
 @dataclass(frozen=True)
 class ChunkEncoder:
-    """Tokenize a chunk of documents in one Rust call and filter them; numpy arrays out."""
+    """Tokenize a chunk of documents (one Rust call for a chunk of ordinary ones, bounded batches of pieces for
+    a long one) and filter them; numpy arrays out."""
 
     tok: Tokenizer
     filter_ratio: float
     sep_id: int
     dedup: bool  # hash each kept document here, in the worker threads
     dtype: np.dtype
+    piece_chars: int = PIECE_CHARS  # documents longer than this are tokenized in pieces
 
     def __call__(self, texts: list[str]) -> EncodedChunk:
-        encodings = self.tok.encode_batch_fast(texts, add_special_tokens=False)
-        n_tokens = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        n_tokens = np.zeros(len(texts), dtype=np.int64)
         n_chars = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
-        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=self.dtype,
-                          count=int(n_tokens.sum()))
+        ids_parts = []
+        for pieces, owners in _batches(texts, self.piece_chars):
+            encodings = self.tok.encode_batch_fast(pieces, add_special_tokens=False)
+            lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+            ids_parts.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=self.dtype,
+                                         count=int(lengths.sum())))
+            del encodings  # the bulky part: only one batch's at a time
+            np.add.at(n_tokens, owners, lengths)
+        ids = ids_parts[0] if len(ids_parts) == 1 else np.concatenate([np.zeros(0, self.dtype), *ids_parts])
+        del ids_parts
         keep = keep_document(n_tokens, n_chars, self.filter_ratio)
-        kept_ids = ids[np.repeat(keep, n_tokens)]
+        kept_ids = ids if keep.all() else ids[np.repeat(keep, n_tokens)]
+        del ids
         kept_lengths = n_tokens[keep]
         tokens = np.insert(kept_ids, np.cumsum(kept_lengths), self.sep_id)
         doc_lengths = kept_lengths + 1
@@ -81,14 +101,54 @@ class Deduplicator:
         self._seen: set[bytes] = set()
         self.duplicates = 0
 
-    def filter(self, chunk: EncodedChunk) -> np.ndarray:
-        """The chunk's tokens without the documents seen before (in this chunk or an earlier one)."""
+    def filter(self, chunk: EncodedChunk) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk's tokens and document lengths without the documents seen before (in this chunk or an
+        earlier one)."""
         fresh = np.empty(len(chunk.doc_hashes), dtype=bool)
         for i, h in enumerate(chunk.doc_hashes):  # in order: the first copy wins
             fresh[i] = h not in self._seen
             self._seen.add(h)
         self.duplicates += int((~fresh).sum())
-        return chunk.tokens[np.repeat(fresh, chunk.doc_lengths)]
+        return chunk.tokens[np.repeat(fresh, chunk.doc_lengths)], chunk.doc_lengths[fresh]
+
+
+def document_pieces(text: str, cap: int = PIECE_CHARS) -> Iterator[str]:
+    """`text` as consecutive pieces of at most `cap` characters (a shorter text is its own one piece).
+
+    Each cut is placed where it changes no token: after the last line break within reach, else after
+    the last space or tab (so no word is split), and only for `cap` characters without either, at the
+    cap. Only ASCII whitespace is cut at, since a normalizer may delete other spaces (`ascii_only`
+    drops U+00A0) and join the words around them.
+    """
+    start, end_of_text = 0, len(text)
+    while end_of_text - start > cap:
+        end = start + cap
+        cut = text.rfind("\n", start, end) + 1
+        if cut <= start:
+            cut = max(text.rfind(" ", start, end), text.rfind("\t", start, end)) + 1
+        if cut <= start:
+            cut = end
+        yield text[start:cut]
+        start = cut
+    yield text[start:] if start else text
+
+
+def _batches(texts: list[str], piece_chars: int) -> Iterator[tuple[list[str], list[int]]]:
+    """(pieces, index of each piece's text) in groups of about CHUNK_CHARS characters: a chunk of ordinary
+    documents is one group, a long document's pieces are cut only as each group is needed."""
+    pieces: list[str] = []
+    owners: list[int] = []
+    chars = 0
+    for i, text in enumerate(texts):
+        for piece in document_pieces(text, piece_chars):
+            pieces.append(piece)
+            owners.append(i)
+            chars += len(piece)
+            if chars >= CHUNK_CHARS:
+                yield pieces, owners
+                pieces, owners, chars = [], [], 0
+    if pieces:
+        yield pieces, owners
 
 
 def chunk_documents(docs: Iterable[str]) -> Iterator[list[str]]:

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Union
 
 from crammer.errors import CrammerError
+from crammer.io import invalid_json
 
 COMPRESSIONS = (".gz", ".xz", ".zst", ".bz2")
 FORMATS = (".txt", ".jsonl", ".json", ".parquet")
+TEXT_BLOCK_CHARS = 1 << 22  # a .txt block without a blank line is cut into documents of about this size
 
 
 class BadRecord(Exception):
@@ -151,25 +153,38 @@ def _numbered_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
     return enumerate(_buffered(stream), 1)
 
 
-def _text_docs(lines: Iterator[tuple[int, bytes]], where: str) -> Iterator[tuple[int, str | BadRecord]]:
-    """Blank-line separated documents; a document's lines are joined with '\\n'."""
+def _text_docs(lines: Iterator[tuple[int, bytes]], where: str,
+               block_chars: int = TEXT_BLOCK_CHARS) -> Iterator[tuple[int, str | BadRecord]]:
+    """Blank-line separated documents; a document's lines are joined with '\\n'.
+
+    A block that reaches `block_chars` characters without a blank line (a file of one sentence per line)
+    is cut there, after a line, into documents of about that size: otherwise such a file would be one
+    document held whole in memory. A line itself is never cut.
+    """
     paragraphs: list[str] = []
+    chars = 0
     start = 0
     bad: BadRecord | None = None
     for lineno, raw in lines:
+        end = len(raw)
+        while end and raw[end - 1] in b"\r\n":
+            end -= 1
         try:
-            line = raw.decode("utf-8").rstrip("\r\n")
+            line = str(memoryview(raw)[:end], "utf-8")  # no copy of the bytes first, as `.rstrip()` would make
         except UnicodeDecodeError as e:
             bad = bad or BadRecord(f"{where}:{lineno}: undecodable bytes (not UTF-8: {e.reason})")
             line = "x"  # keep the document open; it is dropped as a whole
-        if line.strip():
+        raw = b""  # not held while the document is in use downstream (a single-line file's only line)
+        if line and not line.isspace():  # `not line.strip()` without copying a long line
             if not paragraphs:
                 start = lineno
             paragraphs.append(line)
-            continue
+            chars += len(line) + 1
+            if chars < block_chars:
+                continue
         if paragraphs:
             yield start, bad if bad else "\n".join(paragraphs)
-            paragraphs, bad = [], None
+            paragraphs, bad, chars = [], None, 0
     if paragraphs:
         yield start, bad if bad else "\n".join(paragraphs)
 
@@ -185,7 +200,7 @@ def _json_line_docs(lines: Iterator[tuple[int, bytes]], where: str,
             yield lineno, BadRecord(f"{where}:{lineno}: undecodable bytes (not UTF-8: {e.reason})")
             continue
         except json.JSONDecodeError as e:
-            yield lineno, BadRecord(f"{where}:{lineno}: invalid JSON ({e.msg})")
+            yield lineno, BadRecord(invalid_json(where, e, lineno))
             continue
         yield lineno, record_text(record, f"{where}:{lineno}", text_field)
 
@@ -197,7 +212,7 @@ def _json_array_records(path: Path, stream: BinaryIO, text_field: str) -> Iterat
     except UnicodeDecodeError as e:
         raise CrammerError(f"{path}: undecodable bytes (not UTF-8: {e.reason})") from None
     except json.JSONDecodeError as e:
-        raise CrammerError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        raise CrammerError(invalid_json(str(path), e)) from None
     for i, record in enumerate(records):
         yield f"{path}[{i}]", record_text(record, f"{path}[{i}]", text_field)
 

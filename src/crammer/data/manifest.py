@@ -4,6 +4,8 @@ A prepared corpus is a folder with
 - `manifest.json`: format, seq_len, dtype, vocab_size, special token ids, shard list, counts, the
   resolved config and its hash, the input files' fingerprints (the cache key, with the hash);
 - `shards/shard-NNNNN.npy`: 2-D arrays (num_sequences, seq_len) of token ids;
+- `validation/shard-NNNNN.npy`: the same for the validation split (whole documents held out of `shards/`;
+  corpora from before the split have none);
 - the tokenizer (`tokenizer.json` + what `AutoTokenizer.from_pretrained(DIR)` needs).
 
 `Manifest` is the one schema of that file: `prepare` writes it, `PackedCorpus` and the cache check read
@@ -26,6 +28,7 @@ FORMAT_FAMILY = "crammer-packed-"  # the tag of every version of the format
 FORMAT = FORMAT_FAMILY + "v1"
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
+VALIDATION_DIR = "validation"
 
 
 def is_prepared_corpus(path: Path) -> bool:
@@ -90,6 +93,9 @@ class Manifest:
     normalizer: dict[str, Any] | None
     tokenizer_seconds: float = 0.0
     seconds: float
+    validation_shards: list[Shard] = dataclasses.field(default_factory=list)  # never read by pretraining
+    validation_sequences: int = 0
+    validation_documents: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,7 +115,9 @@ class Manifest:
         if data.get("format") != FORMAT:
             raise CrammerError(f"{path}: unknown format {data.get('format')!r}")
         fields = _known_fields(cls, data, path)
-        fields["shards"] = [_shard(entry, path) for entry in _typed(list, fields["shards"], "shards", path)]
+        for key in ("shards", "validation_shards"):
+            if key in fields:
+                fields[key] = [_shard(entry, path) for entry in _typed(list, fields[key], key, path)]
         fields["counts"] = Counts(**_known_fields(Counts, _typed(dict, fields["counts"], "counts", path), path,
                                                   "counts."))
         return cls(**fields)
@@ -121,7 +129,7 @@ def _known_fields(cls: type, data: dict[str, Any], path: Path, prefix: str = "")
     for f in dataclasses.fields(cls):
         if f.name in data:
             known[f.name] = data[f.name]
-        elif f.default is dataclasses.MISSING:
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise CrammerError(f"{path}: no {prefix + f.name!r} (a truncated or hand-edited manifest?)")
     return known
 

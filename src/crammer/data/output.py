@@ -3,7 +3,8 @@
 Everything is built in a temporary folder renamed into place at the end (`crammer.io.atomic_dir`); an
 existing output is replaced only if it is empty or an earlier prepared corpus, and that is checked
 before any reading. SIGTERM unwinds like Ctrl-C, so the temporary folder goes with it; one a hard kill
-leaves behind is deleted by the next run into the same output (one writer per output folder is assumed).
+leaves behind is deleted by the next run into the same output (one writer per output folder, which
+`prepare` makes sure of with `crammer.io.exclusive_folder`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Sequences are addressed by a global index across shards, in stored order.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -14,17 +15,19 @@ from crammer.errors import CrammerError
 
 
 class PackedCorpus:
-    """Memory-mapped view of the token blocks of a prepared corpus."""
+    """Memory-mapped view of the token blocks of a prepared corpus: its training blocks, or with
+    `split="validation"` the blocks of its held-out documents (none in corpora prepared before the split)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, split: Literal["train", "validation"] = "train"):
         self.path = Path(path)
+        self.split = split
         self.manifest = Manifest.read(self.path)
         self.seq_len: int = int(self.manifest.seq_len)
         self.vocab_size: int = int(self.manifest.vocab_size)
         self.special_tokens: dict[str, int] = dict(self.manifest.special_tokens)
         self._shards: list[np.ndarray] = []
         offsets = [0]
-        for entry in self.manifest.shards:
+        for entry in self.manifest.shards if split == "train" else self.manifest.validation_shards:
             shard_path = self.path / entry.file
             try:
                 arr = np.load(shard_path, mmap_mode="r")
@@ -62,6 +65,14 @@ class PackedCorpus:
             sel = shard_ids == shard
             out[sel] = self._shards[shard][indices[sel] - self._offsets[shard]]
         return out
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.manifest.validation_shards)
+
+    def validation(self) -> PackedCorpus:
+        """The validation split of the same corpus (empty for corpora prepared before it existed)."""
+        return PackedCorpus(self.path, split="validation")
 
     def tokenizer(self):
         """The corpus's tokenizer as a `transformers` fast tokenizer."""

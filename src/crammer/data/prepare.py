@@ -1,6 +1,7 @@
 """`cram data prepare`: raw text -> WordPiece tokenizer -> filtered, deduplicated, packed, ordered shards.
 
-The pipeline streams, so memory stays flat in corpus size:
+The pipeline streams, so memory stays flat in corpus size and in document size (a long document is read
+and tokenized in bounded pieces, `crammer.data.encode.document_pieces`):
 1. (unless a tokenizer is given) train WordPiece: a quick pass for the characters, then one to train
    (see `train_wordpiece`: this is what makes the tokenizer reproducible); each pass reads the
    sources afresh, with its own caps and counts;
@@ -8,7 +9,8 @@ The pipeline streams, so memory stays flat in corpus size:
    the stream into `seq_len` blocks in staging shards;
 3. the blocks are reordered into the final `shards/` (`crammer.data.pack`), then the tokenizer and
    `manifest.json` (`crammer.data.manifest`) are written beside them.
-The corpus is built in a temporary folder and renamed into place (`crammer.data.output`). An existing
+The corpus is built in a temporary folder and renamed into place (`crammer.data.output`), by one process at
+a time (`crammer.io.exclusive_folder`: a second is refused, naming the first's pid). An existing
 output whose manifest has the same recipe hash, input fingerprints and given tokenizer is reused as is.
 """
 
@@ -22,25 +24,27 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
 from crammer.config import to_dict
 from crammer.data.config import CorpusConfig
-from crammer.data.encode import ChunkEncoder, Deduplicator, chunk_documents, encode_all
-from crammer.data.manifest import FORMAT, SHARD_DIR, Counts, Manifest, Shard
+from crammer.data.encode import ChunkEncoder, Deduplicator, chunk_documents, document_pieces, encode_all
+from crammer.data.manifest import FORMAT, SHARD_DIR, VALIDATION_DIR, Counts, Manifest, Shard
 from crammer.data.output import check_output, replaceable_output, sigterm_as_interrupt
 from crammer.data.pack import BlockWriter, sentence_end_ids, sequence_order, shard_dtype, write_ordered
 from crammer.data.packed import PackedCorpus
 from crammer.data.sources import ReadStats, Source, parse_source, read_documents
+from crammer.data.split import DocumentLengths, held_out_threshold, split_documents, validation_target
 from crammer.data.tokenizer import (build_normalizer, load_tokenizer, save_for_transformers, special_token_ids,
                                     tokenizer_fingerprint, train_wordpiece)
 from crammer.errors import CrammerError
-from crammer.io import atomic_dir, remove_stale_temps
+from crammer.io import atomic_dir, exclusive_folder, remove_stale_temps
+from crammer.progress import progress_bar
 
 UNK_WARNING = 0.05  # warn when more than this fraction of the packed tokens are [UNK]
 SMOKE_NOTE = "smoke corpus (CPython pydoc topics): for tests and demos, not for real pretraining"
@@ -57,6 +61,11 @@ def prepare(cfg: CorpusConfig, progress: bool = True) -> Path:
     """Build the prepared corpus at `cfg.out` (or reuse it when the recipe and inputs are unchanged)."""
     out = Path(cfg.out).expanduser()
     check_output(out)
+    with exclusive_folder(out, "prepared corpus"):  # one writer: the clean-up of stale temporaries relies on it
+        return _build_or_reuse(cfg, out, progress)
+
+
+def _build_or_reuse(cfg: CorpusConfig, out: Path, progress: bool) -> Path:
     remove_stale_temps(out.parent, re.escape(out.name))
     sources = [parse_source(s) for s in cfg.sources]
     fingerprints = [s.fingerprint() for s in sources]
@@ -68,9 +77,9 @@ def prepare(cfg: CorpusConfig, progress: bool = True) -> Path:
     tok = _tokenizer_for(cfg, sources, progress)
     tokenizer_seconds = time.time() - started
     with atomic_dir(out, check_existing=replaceable_output) as tmp:
-        shards, counts = _pack(cfg, sources, fingerprints, tok, tmp, progress)
+        packed, counts = _pack(cfg, sources, fingerprints, tok, tmp, progress)
         save_for_transformers(tok, tmp, cfg.seq_len)
-        manifest = _manifest(cfg, sources, fingerprints, tok, shards, counts, tokenizer_seconds, started)
+        manifest = _manifest(cfg, sources, fingerprints, tok, packed, counts, tokenizer_seconds, started)
         manifest.write(tmp)
     PackedCorpus(out)  # the reader accepts what we wrote
     _summarize(out, manifest, progress)
@@ -102,7 +111,9 @@ def _tokenizer_for(cfg: CorpusConfig, sources: list[Source], progress: bool) -> 
 
     def training_documents() -> Iterator[str]:
         passes.append(ReadStats())
-        return itertools.islice(_documents(cfg, sources, passes[-1]), cfg.tokenizer_docs)
+        documents = itertools.islice(_documents(cfg, sources, passes[-1]), cfg.tokenizer_docs)
+        # a long document in pieces, as for encoding: the trainer's memory grows with its input's size too
+        return (piece for document in documents for piece in document_pieces(document))
 
     tok = train_wordpiece(training_documents, cfg.vocab_size,
                           build_normalizer(cfg.lowercase, cfg.strip_accents, cfg.ascii_only), progress)
@@ -112,13 +123,16 @@ def _tokenizer_for(cfg: CorpusConfig, sources: list[Source], progress: bool) -> 
 
 
 def _pack(cfg: CorpusConfig, sources: list[Source], fingerprints: list[list[dict]], tok: Tokenizer, folder: Path,
-          progress: bool) -> tuple[list[Shard], Counts]:
-    """Cut the documents' tokens into blocks, written in `cfg.order` to `folder`'s shards."""
+          progress: bool) -> tuple[Packed, Counts]:
+    """Cut the documents' tokens into blocks, hold out the validation documents, write the training blocks
+    in `cfg.order` to `folder`'s shards."""
     stats = ReadStats()
     staged = BlockWriter(folder / "staging", cfg.seq_len, cfg.shard_sequences, shard_dtype(tok.get_vocab_size()))
+    documents = DocumentLengths(folder / "staging-documents.i64")
     with _packing_bar(sources, fingerprints, stats, progress) as advance:
-        tally = _stage(cfg, tok, _documents(cfg, sources, stats), staged, advance)
+        tally = _stage(cfg, tok, _documents(cfg, sources, stats), staged, documents, advance)
     dropped = staged.close()
+    lengths = documents.close()
     if stats.documents_read == 0:
         raise _empty_corpus(cfg)
     if staged.num_sequences == 0:
@@ -127,11 +141,16 @@ def _pack(cfg: CorpusConfig, sources: list[Source], fingerprints: list[list[dict
             f"({tally['documents_kept']} of {stats.documents_read} documents kept), "
             f"fewer than one block of seq_len={cfg.seq_len}"
         )
+    training, validation, held_out = _hold_out(cfg, staged, lengths, folder)
+    del lengths
+    documents.path.unlink()
+    dropped += training.close() + (validation.close() if validation else 0)
     final = BlockWriter(folder / SHARD_DIR, cfg.seq_len, cfg.shard_sequences, staged.dtype)
-    write_ordered(staged, sequence_order(cfg.order, staged, tok.get_vocab_size(), sentence_end_ids(tok), cfg.seed),
-                  final)
-    staged.remove()
-    return final.shards, Counts(
+    order = sequence_order(cfg.order, training, tok.get_vocab_size(), sentence_end_ids(tok), cfg.seed)
+    write_ordered(training, order, final)
+    training.remove()
+    packed = Packed(final.shards, validation.shards if validation else [], held_out)
+    return packed, Counts(
         documents_read=stats.documents_read, documents_bad=stats.documents_bad,
         documents_empty=stats.documents_empty, characters_read=stats.characters_read,
         documents_filtered=tally["documents_filtered"], documents_deduplicated=tally["documents_deduplicated"],
@@ -140,20 +159,44 @@ def _pack(cfg: CorpusConfig, sources: list[Source], fingerprints: list[list[dict
     )
 
 
+@dataclass
+class Packed:
+    shards: list[Shard]  # training blocks
+    validation_shards: list[Shard]
+    validation_documents: int
+
+
+def _hold_out(cfg: CorpusConfig, staged: BlockWriter, lengths: np.ndarray,
+              folder: Path) -> tuple[BlockWriter, BlockWriter | None, int]:
+    """(training blocks, validation blocks, documents held out): the staged blocks split by document, or
+    the staged blocks themselves when there is no validation split."""
+    target = validation_target(cfg.validation_sequences, staged.num_sequences)
+    if target == 0 or len(lengths) < 2:
+        return staged, None, 0
+    threshold = held_out_threshold(lengths, target * cfg.seq_len, cfg.seed)
+    training = BlockWriter(folder / "staging-training", cfg.seq_len, cfg.shard_sequences, staged.dtype)
+    validation = BlockWriter(folder / VALIDATION_DIR, cfg.seq_len, cfg.shard_sequences, staged.dtype)
+    held_out = split_documents(staged.blocks(), lengths, threshold, cfg.seed, training, validation,
+                               staged.shard_tokens)
+    staged.remove()
+    return training, validation, held_out
+
+
 def _stage(cfg: CorpusConfig, tok: Tokenizer, documents: Iterator[str], staged: BlockWriter,
-           advance: Callable[[], None]) -> collections.Counter:
+           lengths: DocumentLengths, advance: Callable[[], None]) -> collections.Counter:
     """Encode, filter and deduplicate the documents into `staged`; the counts of documents and tokens."""
     special = special_token_ids(tok)
     encode = ChunkEncoder(tok, cfg.filter_ratio, special["sep"], cfg.dedup, staged.dtype)
     dedup = Deduplicator() if cfg.dedup else None
     tally: collections.Counter = collections.Counter()
     for chunk in encode_all(chunk_documents(documents), cfg.workers or os.cpu_count() or 1, encode):
-        tokens = dedup.filter(chunk) if dedup else chunk.tokens
+        tokens, doc_lengths = dedup.filter(chunk) if dedup else (chunk.tokens, chunk.doc_lengths)
         tally["documents_filtered"] += chunk.filtered
         tally["documents_kept"] += len(chunk.doc_lengths)  # by the filter; duplicates are taken off below
         tally["tokens"] += len(tokens)
         tally["tokens_unk"] += int(np.count_nonzero(tokens == special["unk"]))
         staged.add(tokens)
+        lengths.add(doc_lengths)
         advance()
     tally["documents_deduplicated"] = dedup.duplicates if dedup else 0
     tally["documents_kept"] -= tally["documents_deduplicated"]
@@ -166,7 +209,7 @@ def _packing_bar(sources: list[Source], fingerprints: list[list[dict]], stats: R
     """Progress in on-disk bytes when every source is local files (the total is known), else in characters."""
     in_bytes = all(s.tracks_bytes for s in sources)
     total = sum(f["bytes"] for fp in fingerprints for f in fp) if in_bytes else None
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="data: packing", disable=not show, dynamic_ncols=True)
+    bar = progress_bar(show=show, total=total, unit="B", unit_scale=True, desc="data: packing", dynamic_ncols=True)
 
     def advance() -> None:
         bar.update((stats.bytes_read() if in_bytes else stats.characters_read) - bar.n)
@@ -180,12 +223,15 @@ def _packing_bar(sources: list[Source], fingerprints: list[list[dict]], stats: R
 
 
 def _manifest(cfg: CorpusConfig, sources: list[Source], fingerprints: list[list[dict]], tok: Tokenizer,
-              shards: list[Shard], counts: Counts, tokenizer_seconds: float, started: float) -> Manifest:
+              packed: Packed, counts: Counts, tokenizer_seconds: float, started: float) -> Manifest:
     smoke = any(s.smoke for s in sources)
     return Manifest(
         format=FORMAT, seq_len=cfg.seq_len, dtype=shard_dtype(tok.get_vocab_size()).name,
         vocab_size=tok.get_vocab_size(), vocab_size_requested=cfg.vocab_size, special_tokens=special_token_ids(tok),
-        shards=shards, num_sequences=counts.sequences, num_tokens=counts.sequences * cfg.seq_len,
+        shards=packed.shards, num_sequences=counts.sequences, num_tokens=counts.sequences * cfg.seq_len,
+        validation_shards=packed.validation_shards,
+        validation_sequences=sum(shard.num_sequences for shard in packed.validation_shards),
+        validation_documents=packed.validation_documents,
         unk_fraction=round(counts.tokens_unk / counts.tokens, 6), config=to_dict(cfg), config_hash=cfg.recipe_hash(),
         tokenizer_fingerprint=tokenizer_fingerprint(cfg.tokenizer), counts=counts, sources=list(cfg.sources),
         source_files=fingerprints, smoke_corpus=smoke, note=SMOKE_NOTE if smoke else "",
@@ -200,5 +246,7 @@ def _summarize(out: Path, manifest: Manifest, progress: bool) -> None:
               "not cover this text (another language or script? trained on too few documents?)", file=sys.stderr)
     if progress:
         c = manifest.counts
-        print(f"data: {out}: {manifest.num_sequences} sequences x {manifest.seq_len} tokens, vocab "
+        held_out = (f" (+ {manifest.validation_sequences} validation sequences from {manifest.validation_documents} "
+                    "held-out documents)") if manifest.validation_sequences else ""
+        print(f"data: {out}: {manifest.num_sequences} sequences{held_out} x {manifest.seq_len} tokens, vocab "
               f"{manifest.vocab_size}, {c.documents_kept}/{c.documents_read} documents kept, {manifest.seconds:.1f}s")

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
 import glob
 import os
 import platform
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Generator, Iterable, Iterator
@@ -206,7 +208,7 @@ def read_documents(
                     raise CrammerError(str(text))
                 stats.documents_bad += 1
                 continue
-            if not text.strip():
+            if not text or text.isspace():  # blank; `text.strip()` would copy a long document
                 stats.documents_empty += 1
                 continue
             taken += 1
@@ -238,7 +240,26 @@ def expand_files(target: str) -> list[Path]:
         if not files:
             raise CrammerError(f"{target}: glob matches no supported files")
         return files
-    raise CrammerError(f"{path}: no such file or directory")
+    raise CrammerError(f"{path}: {_why_not_a_file(path)}")
+
+
+def _why_not_a_file(path: Path) -> str:
+    """What `path` is, when it is neither a regular file nor a folder (pathlib's tests say only False)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop (a link that leads back to itself), not a file"
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "no such file or directory"
+        return f"cannot read ({e.strerror or e})"
+    if stat.S_ISFIFO(mode):
+        return "is a FIFO (named pipe), not a file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a file"
+    return "not a regular file or folder"
 
 
 def _folder_files(root: Path) -> Iterator[Path]:

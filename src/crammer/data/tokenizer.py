@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from tqdm import tqdm
 
 from crammer.errors import CrammerError
+from crammer.progress import interactive, progress_bar
 
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
@@ -44,12 +44,13 @@ def train_wordpiece(
     """
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     characters: set[str] = set()
-    for text in tqdm(corpus(), desc="data: alphabet", unit=" docs", disable=not show_progress, dynamic_ncols=True):
+    for text in progress_bar(corpus(), show=show_progress, desc="data: alphabet", unit=" docs", dynamic_ncols=True):
         characters.update(text)
     pieces = continuing_pieces(characters, normalizer, pre_tokenizer)
     specials = list(SPECIAL_TOKENS.values())
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials + pieces,
-                                        continuing_subword_prefix="##", show_progress=show_progress)
+                                        continuing_subword_prefix="##",
+                                        show_progress=show_progress and interactive())  # its bar is \r frames
     tok = _wordpiece(None, normalizer, pre_tokenizer)
     tok.train_from_iterator(corpus(), trainer=trainer)
     # The trainer registered the pieces as special tokens (unsplittable, dropped when decoding);

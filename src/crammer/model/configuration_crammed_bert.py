@@ -26,7 +26,11 @@ AUTO_MAP = {
     "AutoConfig": "configuration_crammed_bert.CrammedBertConfig",
     "AutoModel": "modeling_crammed_bert.CrammedBertModel",
     "AutoModelForMaskedLM": "modeling_crammed_bert.CrammedBertForMaskedLM",
+    "AutoModelForPreTraining": "modeling_crammed_bert.CrammedBertForMaskedLM",  # MLM is all of its pretraining
     "AutoModelForSequenceClassification": "modeling_crammed_bert.CrammedBertForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_crammed_bert.CrammedBertForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_crammed_bert.CrammedBertForQuestionAnswering",
+    "AutoModelForMultipleChoice": "modeling_crammed_bert.CrammedBertForMultipleChoice",
 }
 
 
@@ -106,7 +110,9 @@ class CrammedBertConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.tie_word_embeddings = tie_word_embeddings
-        kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        # A config saved by an older version gains the heads added since; entries it has win (the Hub rewrites
+        # them to point at the repository the code came from).
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.validate_architecture()
 

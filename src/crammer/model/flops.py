@@ -38,7 +38,7 @@ def training_flops_per_token(config: CrammedBertConfig, seq_len: int, masked_fra
     if not 0.0 <= masked_fraction <= 1.0:
         raise ValueError(f"masked_fraction={masked_fraction} must be in [0, 1]")
     with torch.device("meta"):
-        encoder = CrammedBertModel(config)
+        encoder = CrammedBertModel(config, add_pooling_layer=False)
     n_body = count_parameters(encoder, include_embeddings=False)
     d, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
     head = d * vocab + (d * d if config.mlm_head_transform else 0)

@@ -18,7 +18,16 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    ModelOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 from .configuration_crammed_bert import CrammedBertConfig
 
@@ -32,19 +41,32 @@ SINUSOID_BASE = 10000.0
 # no non-persistent buffers to rebuild after `from_pretrained`.
 
 
-def sinusoid_table(seq_len: int, dim: int, device: torch.device) -> torch.Tensor:
-    """The fixed (seq_len, dim) sinusoid of "Attention is all you need": sin on even, cos on odd features."""
-    position = torch.arange(seq_len, device=device, dtype=torch.float32)[:, None]
+def _positions(seq_len: int, device: torch.device, position_ids: torch.Tensor | None) -> torch.Tensor:
+    """float32 positions: 0..seq_len-1 (the static-shape default), or the caller's `position_ids` (B, S)."""
+    if position_ids is None:
+        return torch.arange(seq_len, device=device, dtype=torch.float32)
+    return position_ids.to(device=device, dtype=torch.float32)
+
+
+def sinusoid_table(seq_len: int, dim: int, device: torch.device,
+                   position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The fixed sinusoid of "Attention is all you need" (sin on even, cos on odd features): (seq_len, dim),
+    or (B, S, dim) at the given `position_ids`."""
+    position = _positions(seq_len, device, position_ids)[..., None]
     inv_freq = SINUSOID_BASE ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
     angles = position * inv_freq
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
 
 
-def rotary_cos_sin(seq_len: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables of shape (seq_len, head_dim) for RoPE, in the rotate-half layout."""
-    position = torch.arange(seq_len, device=device, dtype=torch.float32)[:, None]
+def rotary_cos_sin(seq_len: int, head_dim: int, device: torch.device,
+                   position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for RoPE in the rotate-half layout: (seq_len, head_dim), or (B, 1, S, head_dim) at the
+    given `position_ids` (broadcast over heads)."""
+    position = _positions(seq_len, device, position_ids)[..., None]
     inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
     angles = torch.cat((position * inv_freq, position * inv_freq), dim=-1)
+    if position_ids is not None:
+        angles = angles.unsqueeze(-3)
     return angles.cos(), angles.sin()
 
 
@@ -63,8 +85,8 @@ class ScaledSinusoidalPositions(nn.Module):
         self.dim = config.hidden_size
         self.scale = nn.Parameter(torch.full((1,), self.dim**-0.5))
 
-    def forward(self, seq_len: int, device: torch.device) -> torch.Tensor:
-        return self.scale * sinusoid_table(seq_len, self.dim, device)
+    def forward(self, seq_len: int, device: torch.device, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scale * sinusoid_table(seq_len, self.dim, device, position_ids)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -90,15 +112,25 @@ class CrammedBertEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        seq_len = input_ids.shape[1]
-        if seq_len > self.max_positions:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`inputs_embeds` (B, S, d) replaces the token lookup; `position_ids` (B, S) replace 0..S-1."""
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        seq_len = x.shape[1]
+        if position_ids is None and seq_len > self.max_positions:
             raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings={self.max_positions}")
-        x = self.word_embeddings(input_ids)
         if isinstance(self.position_embeddings, nn.Embedding):
-            x = x + self.position_embeddings.weight[:seq_len]
+            if position_ids is None:
+                x = x + self.position_embeddings.weight[:seq_len]
+            else:
+                x = x + self.position_embeddings(position_ids)
         elif self.position_embeddings is not None:
-            x = x + self.position_embeddings(seq_len, x.device).to(x.dtype)
+            x = x + self.position_embeddings(seq_len, x.device, position_ids).to(x.dtype)
         if self.token_type_embeddings is not None:
             if token_type_ids is None:  # a single segment, as BERT assumes
                 x = x + self.token_type_embeddings.weight[0]
@@ -107,8 +139,23 @@ class CrammedBertEmbeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                    dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(QKᵀ/√d)·V written out, the non-fused path that can return the weights (B, H, S, S).
+
+    Masked keys get the dtype's most negative score rather than -inf, so a row with no key left is uniform, not NaN.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    weights = F.dropout(weights, p=dropout_p)
+    return torch.matmul(weights, v), weights
+
+
 class CrammedBertAttention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection, through `F.scaled_dot_product_attention`."""
+    """Multi-head self-attention with one fused QKV projection, through `F.scaled_dot_product_attention`, or
+    written out (`eager=True`) when the attention weights are wanted."""
 
     def __init__(self, config: CrammedBertConfig):
         super().__init__()
@@ -123,16 +170,20 @@ class CrammedBertAttention(nn.Module):
         x: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+        eager: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output (B, S, d) and, on the eager path, the attention weights (B, H, S, S) (else None)."""
         batch, seq_len, width = x.shape
         qkv = self.qkv(x).view(batch, seq_len, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, S, head_dim)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0
-        )
-        return self.out(y.transpose(1, 2).reshape(batch, seq_len, width))
+        dropout_p = self.dropout_p if self.training else 0.0
+        if eager:
+            y, weights = eager_attention(q, k, v, attn_mask, dropout_p)
+        else:
+            y, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p), None
+        return self.out(y.transpose(1, 2).reshape(batch, seq_len, width)), weights
 
 
 class CrammedBertFeedForward(nn.Module):
@@ -156,8 +207,12 @@ class CrammedBertFeedForward(nn.Module):
         return self.down(self.act(F.linear(x, gate_weight, gate_bias)) * F.linear(x, value_weight, value_bias))
 
 
-class CrammedBertLayer(nn.Module):
-    """One transformer block; pre-LN (crammed: stable at high learning rates) or post-LN (original BERT)."""
+class CrammedBertLayer(GradientCheckpointingLayer):
+    """One transformer block; pre-LN (crammed: stable at high learning rates) or post-LN (original BERT).
+
+    A `GradientCheckpointingLayer`: after `model.gradient_checkpointing_enable()` its activations are recomputed in
+    the backward pass instead of stored (the residual stream `x` is the first positional argument, as it must be).
+    """
 
     def __init__(self, config: CrammedBertConfig):
         super().__init__()
@@ -168,12 +223,15 @@ class CrammedBertLayer(nn.Module):
         self.ffn = CrammedBertFeedForward(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x, attn_mask=None, rotary=None) -> torch.Tensor:
+    def forward(self, x, attn_mask=None, rotary=None, eager=False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's output and its attention weights (None unless `eager`)."""
         if self.pre_norm:
-            x = x + self.dropout(self.attention(self.attn_norm(x), attn_mask, rotary))
-            return x + self.dropout(self.ffn(self.ffn_norm(x)))
-        x = self.attn_norm(x + self.dropout(self.attention(x, attn_mask, rotary)))
-        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+            attended, weights = self.attention(self.attn_norm(x), attn_mask, rotary, eager)
+            x = x + self.dropout(attended)
+            return x + self.dropout(self.ffn(self.ffn_norm(x))), weights
+        attended, weights = self.attention(x, attn_mask, rotary, eager)
+        x = self.attn_norm(x + self.dropout(attended))
+        return self.ffn_norm(x + self.dropout(self.ffn(x))), weights
 
 
 class CrammedBertHeadTransform(nn.Module):
@@ -206,14 +264,54 @@ class CrammedBertPooler(nn.Module):
 # Hugging Face models
 
 
+
+def returned(output: ModelOutput, return_dict: bool) -> ModelOutput | tuple[torch.Tensor, ...]:
+    """`output`, or as Hugging Face models give it with `return_dict=False`: a tuple of its non-None fields."""
+    return output if return_dict else output.to_tuple()
+
+
+def sequence_classification_loss(config: CrammedBertConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss Hugging Face BERT picks: `config.problem_type`, or the one it infers from the labels (1 output:
+    regression, integer labels: single-label, float labels: multi-label). Computed in float32; the inferred type
+    is not written back into the config (a side effect inside a compiled forward)."""
+    num_labels = logits.shape[-1]
+    problem = config.problem_type
+    if problem is None:
+        if num_labels == 1:
+            problem = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem = "single_label_classification"
+        else:
+            problem = "multi_label_classification"
+    if problem == "regression":
+        target = labels.to(torch.float32)
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze().float(), target.squeeze())
+        return F.mse_loss(logits.float(), target)
+    if problem == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels).float(), labels.view(-1).long())
+    if problem == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.to(torch.float32))
+    raise ValueError(f"problem_type={problem!r} is not regression, single_label_classification or "
+                     "multi_label_classification")
+
+
 class CrammedBertPreTrainedModel(PreTrainedModel):
     config_class = CrammedBertConfig
     config: CrammedBertConfig
     base_model_prefix = "bert"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
-    _supports_sdpa = True
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True  # "sdpa" (the default) and "eager" (the written-out path that returns weights)
     _no_split_modules = ["CrammedBertLayer"]
+    # Our losses are means over the batch: `Trainer` then divides by the accumulation steps itself instead of
+    # passing `num_items_in_batch` (which a **kwargs forward would otherwise be taken to handle).
+    accepts_loss_kwargs = False
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """The model reads `config._attn_implementation` on every call, so `set_attn_implementation` may switch it."""
+        return True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -233,16 +331,24 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
         if tokenizer is not None:
             tokenizer.save_pretrained(str(save_directory))
 
+    def _return_dict(self, return_dict: bool | None) -> bool:
+        return self.config.return_dict if return_dict is None else return_dict
+
 
 class CrammedBertModel(CrammedBertPreTrainedModel):
-    """The encoder: embeddings, a stack of blocks and (for pre-LN) a final LayerNorm."""
+    """The encoder: embeddings, a stack of blocks, (for pre-LN) a final LayerNorm and (optionally) BERT's pooler.
 
-    def __init__(self, config: CrammedBertConfig):
+    `forward` takes Hugging Face BertModel's arguments and returns its output class; `hidden_states` are the
+    embedding output and each block's output, the last one after the final LayerNorm (= `last_hidden_state`).
+    """
+
+    def __init__(self, config: CrammedBertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
         self.embeddings = CrammedBertEmbeddings(config)
         self.layers = nn.ModuleList(CrammedBertLayer(config) for _ in range(config.num_hidden_layers))
         pre_norm = config.norm_scheme == "pre"
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if pre_norm else nn.Identity()
+        self.pooler = CrammedBertPooler(config) if add_pooling_layer else None
         self.rotary = config.position_embedding == "rotary"
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.post_init()
@@ -255,16 +361,39 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
 
     def encode(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Hidden states *before* the final LayerNorm, so the MLM head can normalise only the positions it needs.
+        """Hidden states *before* the final LayerNorm, so the MLM head can normalise only the positions it needs."""
+        return self.run(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)[0]
+
+    def run(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """(residual stream *before* the final LayerNorm, hidden states or None, attentions or None): the blocks
+        over the embeddings; the flags default to the config's, as in Hugging Face models.
 
         `attention_mask` (B, S) of 1 (token) / 0 (padding) becomes a boolean key mask; without one no mask is
-        passed to SDPA at all, which keeps the Flash kernel available in pretraining.
+        passed to SDPA at all, which keeps the Flash kernel available in pretraining. Attention runs written out
+        (eager) when `config._attn_implementation == "eager"` or when its weights are asked for.
         """
-        x = self.embeddings(input_ids, token_type_ids)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
+        eager = bool(output_attentions) or self.config._attn_implementation == "eager"
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         if torch.is_autocast_enabled(x.device.type):
             # Keep the residual stream in the autocast dtype (as Megatron does) instead of the float32 that
             # autocast's LayerNorm returns: every elementwise pass moves half the bytes (7% of an H100 step).
@@ -273,20 +402,43 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
         attn_mask = None
         if attention_mask is not None:
             attn_mask = attention_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, S): may attend to key
-        rotary = rotary_cos_sin(x.shape[1], self.head_dim, x.device) if self.rotary else None
+        rotary = rotary_cos_sin(x.shape[1], self.head_dim, x.device, position_ids) if self.rotary else None
+        hidden_states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
         for layer in self.layers:
-            x = layer(x, attn_mask, rotary)
-        return x
+            x, weights = layer(x, attn_mask, rotary, eager)
+            if hidden_states is not None:
+                hidden_states.append(x)
+            if attentions is not None:
+                attentions.append(weights)
+        if hidden_states is not None:
+            hidden_states[-1] = self.final_norm(x)  # the last one is the model's output, as in Hugging Face models
+        return (x, tuple(hidden_states) if hidden_states is not None else None,
+                tuple(attentions) if attentions is not None else None)
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        return_dict: bool = True,
-    ) -> BaseModelOutput | tuple[torch.Tensor]:
-        hidden = self.final_norm(self.encode(input_ids, attention_mask, token_type_ids))
-        return BaseModelOutput(last_hidden_state=hidden) if return_dict else (hidden,)
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        *,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple[torch.Tensor, ...]:
+        """`last_hidden_state` (B, S, d), `pooler_output` (B, d; None without a pooler), and on request
+        `hidden_states` (L + 1 of (B, S, d)) and `attentions` (L of (B, H, S, S)). Other keyword arguments are
+        accepted and unused, as Hugging Face attention layers ignore what they do not know."""
+        stream, hidden_states, attentions = self.run(input_ids, attention_mask, token_type_ids, position_ids,
+                                                     inputs_embeds, output_attentions, output_hidden_states)
+        hidden = hidden_states[-1] if hidden_states is not None else self.final_norm(stream)
+        pooled = self.pooler(hidden) if self.pooler is not None else None
+        output = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled,
+                                            hidden_states=hidden_states, attentions=attentions)
+        return returned(output, self._return_dict(return_dict))
 
 
 class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
@@ -294,13 +446,14 @@ class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
 
     With `masked_positions` (B, M) the final norm, head and loss run only on those positions (sparse
     prediction): static shapes, no `nonzero`, so it compiles cleanly and skips ~85% of the decoder work.
+    Also `AutoModelForPreTraining`'s class: MLM is the whole of crammed pretraining (no next-sentence head).
     """
 
     _tied_weights_keys = {"decoder.weight": "bert.embeddings.word_embeddings.weight"}
 
     def __init__(self, config: CrammedBertConfig):
         super().__init__(config)
-        self.bert = CrammedBertModel(config)
+        self.bert = CrammedBertModel(config, add_pooling_layer=False)
         self.head_transform = CrammedBertHeadTransform(config) if config.mlm_head_transform else nn.Identity()
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.use_bias)
         self.post_init()
@@ -313,25 +466,30 @@ class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         *,
         labels: torch.Tensor | None = None,
         masked_positions: torch.Tensor | None = None,
-        return_dict: bool = True,
+        **kwargs,
     ) -> MaskedLMOutput | tuple[torch.Tensor, ...]:
         """MLM logits and (with `labels`, (B, S), -100 = ignore) the mean cross-entropy.
 
-        The first three arguments are positional in Hugging Face BERT's order; the rest are keyword-only,
-        since BERT's fourth positional argument (`position_ids`) has no counterpart here.
+        The first five arguments are positional in Hugging Face BERT's order; the rest are keyword-only, since
+        BertForMaskedLM's next positional ones (`encoder_hidden_states`, ...) belong to a decoder. `**kwargs` take
+        `output_attentions`, `output_hidden_states` and `return_dict`, as in transformers' models.
 
         `masked_positions` (B, M) selects the positions to predict in each row; logits are then (B, M, V)
         and the loss covers the B*M labels gathered at those positions (rows with fewer masks can pad with
         any position whose label is -100). Without it, logits are (B, S, V) and the loss covers every
         position whose label is not -100.
         """
-        hidden = self.bert.encode(input_ids, attention_mask, token_type_ids)
+        hidden, hidden_states, attentions = self.bert.run(input_ids, attention_mask, token_type_ids, position_ids,
+                                                          inputs_embeds, kwargs.get("output_attentions"),
+                                                          kwargs.get("output_hidden_states"))
         if masked_positions is not None:
             index = masked_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
             hidden = hidden.gather(1, index)
@@ -341,42 +499,160 @@ class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100)
-        if not return_dict:
-            return (loss, logits) if loss is not None else (logits,)
-        return MaskedLMOutput(loss=loss, logits=logits)
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+        return returned(output, self._return_dict(kwargs.get("return_dict")))
 
 
-class CrammedBertForSequenceClassification(CrammedBertPreTrainedModel):
-    """Encoder + first-token pooler + dropout + Linear; MSE regression when `num_labels == 1` (STS-B)."""
+class CrammedBertHead(CrammedBertPreTrainedModel):
+    """A task head over the encoder (`self.bert`), by default with BertForSequenceClassification's
+    `forward(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, labels, **kwargs)`: a subclass
+    says what the encoder's output becomes (`head_logits`, `head_loss`) and in which output class. `**kwargs` take
+    `output_attentions`, `output_hidden_states` and `return_dict`, as in transformers' models."""
+
+    output_class: type[ModelOutput]
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                kwargs: dict) -> BaseModelOutputWithPooling:
+        """The encoder's output for a head. The head's `**kwargs` (`output_attentions`, `output_hidden_states`,
+        ... as transformers passes them) go on to the encoder, except `return_dict`, which the head applies."""
+        kwargs = {k: v for k, v in kwargs.items() if k != "return_dict"}
+        return self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, return_dict=True,
+                         **kwargs)
+
+    def _output(self, cls: type[ModelOutput], encoded: BaseModelOutputWithPooling, kwargs: dict, **fields):
+        """`cls(**fields)` with the encoder's hidden states and attentions; a tuple when `return_dict` is off."""
+        output = cls(**fields, hidden_states=encoded.hidden_states, attentions=encoded.attentions)
+        return returned(output, self._return_dict(kwargs.get("return_dict")))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ModelOutput | tuple[torch.Tensor, ...]:
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        logits = self.head_logits(outputs, shape)
+        loss = self.head_loss(logits, labels) if labels is not None else None
+        return self._output(self.output_class, outputs, kwargs, loss=loss, logits=logits)
+
+    def head_logits(self, outputs: BaseModelOutputWithPooling, input_shape: torch.Size) -> torch.Tensor:
+        """The head's logits from the encoder's output; `input_shape` is that of `input_ids` (or `inputs_embeds`
+        without its last dimension)."""
+        raise NotImplementedError(f"{type(self).__name__} defines its own forward")
+
+    def head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of `logits` against `labels`."""
+        raise NotImplementedError(f"{type(self).__name__} defines its own forward")
+
+
+class CrammedBertForSequenceClassification(CrammedBertHead):
+    """Encoder + pooler + dropout + Linear: logits (B, num_labels). The loss follows `config.problem_type` as in
+    BertForSequenceClassification (regression for one output, e.g. STS-B; single-label; multi-label with BCE)."""
+
+    output_class = SequenceClassifierOutput
 
     def __init__(self, config: CrammedBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = CrammedBertModel(config)
-        self.pooler = CrammedBertPooler(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    def head_logits(self, outputs: BaseModelOutputWithPooling, input_shape: torch.Size) -> torch.Tensor:
+        return self.classifier(self.dropout(outputs.pooler_output))
+
+    def head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return sequence_classification_loss(self.config, logits, labels)
+
+
+class CrammedBertForTokenClassification(CrammedBertHead):
+    """Encoder + dropout + Linear on every token (NER, POS tagging): logits (B, S, num_labels); labels (B, S),
+    cross-entropy over those that are not -100."""
+
+    output_class = TokenClassifierOutput
+
+    def __init__(self, config: CrammedBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = CrammedBertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def head_logits(self, outputs: BaseModelOutputWithPooling, input_shape: torch.Size) -> torch.Tensor:
+        return self.classifier(self.dropout(outputs.last_hidden_state))
+
+    def head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1), ignore_index=-100)
+
+
+class CrammedBertForMultipleChoice(CrammedBertHead):
+    """Scores each of C (prompt, choice) pairs with pooler + dropout + Linear(d, 1): inputs (B, C, S)
+    (`inputs_embeds` (B, C, S, d)), logits (B, C), labels (B,) the right choice, cross-entropy. Hidden states and
+    attentions are those of the B*C flattened sequences, as in BERT."""
+
+    output_class = MultipleChoiceModelOutput
+
+    def __init__(self, config: CrammedBertConfig):
+        super().__init__(config)
+        self.bert = CrammedBertModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                kwargs: dict) -> BaseModelOutputWithPooling:
+        flat = lambda t, dims=1: None if t is None else t.reshape(-1, *t.shape[-dims:])  # noqa: E731
+        return super()._encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                               flat(inputs_embeds, 2), kwargs)
+
+    def head_logits(self, outputs: BaseModelOutputWithPooling, input_shape: torch.Size) -> torch.Tensor:
+        return self.classifier(self.dropout(outputs.pooler_output)).view(-1, input_shape[1])
+
+    def head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels.view(-1))
+
+
+class CrammedBertForQuestionAnswering(CrammedBertHead):
+    """Encoder + Linear to start/end logits per token (extractive QA, SQuAD-style), as BertForQuestionAnswering."""
+
+    output_class = QuestionAnsweringModelOutput
+
+    def __init__(self, config: CrammedBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = CrammedBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        *,
-        labels: torch.Tensor | None = None,
-        return_dict: bool = True,
-    ) -> SequenceClassifierOutput | tuple[torch.Tensor, ...]:
-        """Logits and (with `labels`) the loss; arguments after the first three are keyword-only, as for MLM."""
-        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
-        logits = self.classifier(self.dropout(self.pooler(hidden)))
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        **kwargs,
+    ) -> QuestionAnsweringModelOutput | tuple[torch.Tensor, ...]:
+        """Start and end logits (B, S); with both position tensors (B,), the mean of the two cross-entropies.
+        Positions outside the sequence are clamped to S and ignored, as BERT does for answers cut off."""
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, kwargs)
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.to(torch.float32))
-            else:
-                loss = F.cross_entropy(logits.float(), labels.long())
-        if not return_dict:
-            return (loss, logits) if loss is not None else (logits,)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
-
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.shape[1]
+            start = start_positions.reshape(-1).clamp(0, ignored)
+            end = end_positions.reshape(-1).clamp(0, ignored)
+            loss = (F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
+                    + F.cross_entropy(end_logits.float(), end, ignore_index=ignored)) / 2
+        return self._output(self.output_class, outputs, kwargs, loss=loss, start_logits=start_logits,
+                            end_logits=end_logits)

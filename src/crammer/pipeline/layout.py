@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def relative_to_run(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
+    """A path inside the run folder relative to it (what the run's records hold, so that they stay true
+    wherever the folder is moved or copied, and whatever the working directory); one outside it absolute."""
+    path, run_dir = Path(path).expanduser().resolve(), Path(run_dir).expanduser().resolve()
+    return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
 
 
 @dataclass(frozen=True)

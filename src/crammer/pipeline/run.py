@@ -9,6 +9,7 @@ data preparation and GLUE fine-tuning are extra and timed separately in the repo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -27,10 +28,11 @@ from crammer.eval.config import GlueConfig, make_glue_config
 from crammer.eval.finetune import check_max_length
 from crammer.eval.glue import evaluate_glue, trial_path
 from crammer.eval.tasks import load_task, missing_files
-from crammer.io import read_json
+from crammer.hub.card import facts_from_run_files, write_model_card
+from crammer.io import exclusive_folder, read_json
 from crammer.model import make_config
 from crammer.model.presets import check_positions
-from crammer.pipeline.layout import RunLayout
+from crammer.pipeline.layout import RunLayout, relative_to_run
 from crammer.pipeline.presets import RUN_PRESETS
 from crammer.pipeline.state import RunState, write_run_record
 from crammer.report.report import build_report
@@ -112,12 +114,27 @@ def run(config: RunConfig, out: Path, command: Sequence[str]) -> Path:
     """
     layout = RunLayout(Path(out))
     rank = int(os.environ.get("RANK", "0"))
+    # One invocation at a time per folder; under torchrun rank 0 holds it for all (the others only read
+    # until pretraining, whose checkpoints rank 0 alone writes).
+    with exclusive_folder(layout.root, "run folder") if rank == 0 else contextlib.nullcontext():
+        return _run_stages(config, layout, rank, command)
+
+
+def recorded_config(config: RunConfig, run_dir: Path) -> dict:
+    """The config as run.json holds it: the corpus path relative to the run folder when it lies inside, so that
+    a moved or copied run folder is still the same experiment."""
+    recorded = to_dict(config)
+    recorded["data"]["out"] = relative_to_run(config.data.out, run_dir)
+    return recorded
+
+
+def _run_stages(config: RunConfig, layout: RunLayout, rank: int, command: Sequence[str]) -> Path:
     state = RunState.load(layout.root)
     if rank == 0:
         layout.root.mkdir(parents=True, exist_ok=True)
         # Until a stage has finished, nothing in the folder depends on the config: a corrected command
         # (a typo fixed after a failed start) may take the folder over.
-        write_run_record(layout.root, to_dict(config), list(command), replace=not state.stages)
+        write_run_record(layout.root, recorded_config(config, layout.root), list(command), replace=not state.stages)
 
     data_dir = _data_stage(config, layout, state) if rank == 0 else _wait_for_data(config)
     final = _pretrain_stage(config, data_dir, layout, state, write_state=rank == 0)
@@ -138,15 +155,8 @@ def _data_stage(config: RunConfig, layout: RunLayout, state: RunState) -> Path:
     started = time.monotonic()
     data_dir = Path(prepare(config.data))
     if not state.done("data"):
-        state.finish("data", time.monotonic() - started, data_dir=_relative_to_run(data_dir, layout.root))
+        state.finish("data", time.monotonic() - started, data_dir=relative_to_run(data_dir, layout.root))
     return data_dir
-
-
-def _relative_to_run(path: Path, run_dir: Path) -> str:
-    """A path inside the run folder relative to it (the record then holds wherever the folder is moved or
-    read from); one outside it absolute."""
-    path, run_dir = path.resolve(), run_dir.resolve()
-    return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
 
 
 def _wait_for_data(config: RunConfig, poll_s: float = 2.0) -> Path:
@@ -220,7 +230,8 @@ def _glue_stage(config: RunConfig, final: Path, layout: RunLayout, state: RunSta
             skipped[task] = why
             print(f"[glue] {task}: skipped: {why}")
     if reachable:
-        evaluate_glue(str(final), dataclasses.replace(config.glue, tasks=tuple(reachable)), layout.glue)
+        results = evaluate_glue(str(final), dataclasses.replace(config.glue, tasks=tuple(reachable)), layout.glue)
+        write_model_card(final, facts_from_run_files(final, glue_results=results))  # the card gains the GLUE table
     state.finish("glue", time.monotonic() - started, tasks=reachable, skipped=skipped)
 
 

@@ -32,7 +32,7 @@ from crammer.report.document import (
 )
 from crammer.pipeline.layout import RunLayout
 from crammer.pipeline.state import RUN_JSON, RunState
-from crammer.train.files import METRICS_FILE, SUMMARY_FILE, read_metrics
+from crammer.train.files import METRICS_FILE, SUMMARY_FILE, read_metrics, training_rows, validation_rows
 from crammer.train.plot import plot_run
 from crammer.units import duration, human
 
@@ -129,6 +129,8 @@ def _model_section(doc: Document, final_dir: Path, seq_len: int | None, masked_f
 def _training_section(doc: Document, layout: RunLayout, metrics: list[dict[str, Any]],
                       flops_per_token: float | None) -> None:
     doc.add(Heading("Pretraining"))
+    validation = validation_rows(metrics)
+    metrics = training_rows(metrics)
     if not metrics:
         doc.add(Paragraph(f"No training metrics yet ({layout.pretrain / METRICS_FILE})."))
         return
@@ -146,11 +148,22 @@ def _training_section(doc: Document, layout: RunLayout, metrics: list[dict[str, 
          human(statistics.median(throughput) * flops_per_token, "FLOP/s") if throughput and flops_per_token else "n/a"],
         ["median MFU", f"{statistics.median(mfu):.1%}" if mfu else "n/a (no known accelerator peak, e.g. on CPU)"],
     ]
+    if validation:
+        v = validation[-1]
+        rows += [[f"validation MLM loss / accuracy (step {v['step']}, {v['val_sequences']} held-out sequences)",
+                  f"{_fmt(v['val_loss'])} / {100 * v['val_accuracy']:.2f}%"],
+                 ["evaluation time (share of the elapsed budget)", f"{duration(v['eval_seconds'])} ({v['eval_share']:.1%})"]]
+    else:
+        rows.append(["validation", "none logged (a corpus without a validation split, or eval turned off)"])
     summary = layout.final / SUMMARY_FILE
     if summary.is_file():
         done = read_json(summary)
         rows += [["finished: steps, tokens, budget", f"{done['steps']:,}, {done['tokens']:,}, {duration(done['elapsed_s'])}"],
                  ["precision", str(done["precision"])], ["non-finite steps skipped", _fmt(done["nonfinite_steps"])]]
+        corpora = done.get("corpora", [])
+        if len(corpora) > 1:
+            rows.append(["corpora (resumed on another one with the same tokenizer)",
+                         "; ".join(f"{c['path']} from step {c['from_step']}" for c in corpora)])
     else:
         rows.append(["finished", "no (pretraining still running or interrupted; figures are the last logged)"])
     doc.add(Table(["quantity", "value"], rows))

@@ -59,6 +59,22 @@ def register(subparsers) -> None:
     b.add_argument("overrides", nargs="*", help="pretrain config overrides key=value (model.X=... for the model)")
     b.set_defaults(func=_bench)
 
+    v = subparsers.add_parser(
+        "validate",
+        help="validation MLM loss and accuracy of a saved model on a prepared corpus's held-out documents",
+        description="The measurement `cram pretrain` logs (fixed subset, fixed masks), for any saved MLM folder: "
+        "final/, a checkpoint, or a Hugging Face model with the same tokenizer. Compare runs and checkpoints.",
+    )
+    v.add_argument("model", metavar="MODEL_DIR", help="a model folder (RUN_DIR/final, RUN_DIR/checkpoints/step-N, ...)")
+    v.add_argument("--data", required=True, metavar="DATA_DIR", help="the prepared corpus (its validation split)")
+    v.add_argument("--sequences", type=int, metavar="N",
+                   help="subset size (default: the run's eval.sequences, else 1024)")
+    v.add_argument("--batch-size", type=int, default=32, metavar="N", help="sequences per forward (32)")
+    v.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
+    v.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    v.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    v.set_defaults(func=_validate)
+
     plan = subparsers.add_parser(
         "plan",
         help="measure this machine's throughput and say what a budget buys",
@@ -108,6 +124,24 @@ def _bench(args: argparse.Namespace) -> int:
     from crammer.train.bench import main
 
     return main(args)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from crammer.errors import CrammerError
+    from crammer.train.validation import validate_model
+
+    if args.batch_size < 1 or (args.sequences is not None and args.sequences < 1):
+        raise CrammerError("--batch-size and --sequences must be at least 1")
+    result = validate_model(args.model, args.data, args.sequences, args.batch_size, args.device, args.precision)
+    if args.json:
+        print(json.dumps({"model": args.model, "data": args.data, **dataclasses.asdict(result)}))
+    else:
+        print(f"validation loss {result.loss:.4f} | accuracy {100 * result.accuracy:.2f}% | {result.sequences} "
+              f"sequences, {result.masked_tokens:,} masked tokens | {args.model} on {args.data}")
+    return 0
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -79,6 +79,22 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Validation loss and accuracy on the corpus's held-out documents (see crammer.train.validation), during
+    the run and once at its end. Evaluation time is spent from the budget."""
+
+    every_seconds: float | None = None  # None: as often as keeps evaluation within `max_share` of the time
+    every_steps: int = 0  # also (or instead) every N optimizer steps; 0 = off
+    max_share: float = 0.02  # with every_seconds=None: evaluation's share of the elapsed budget at most
+    sequences: int = 1024  # the fixed subset: the first N validation blocks
+
+    @property
+    def enabled(self) -> bool:
+        """every_seconds=0 and every_steps=0 turn validation off (none during the run, none at its end)."""
+        return self.every_seconds != 0 or self.every_steps > 0
+
+
+@dataclass(frozen=True)
 class GuardConfig:
     """What to do about non-finite losses: skip each one; after a streak roll back or stop."""
 
@@ -90,7 +106,8 @@ class GuardConfig:
 class LoggingConfig:
     every_steps: int = 10  # a metrics.jsonl line every N optimizer steps
     tensorboard: bool = False  # also write TensorBoard event files to RUN_DIR/tensorboard
-    wandb: bool = False  # also log to Weights & Biases (project "crammer")
+    wandb: bool = False  # also log to Weights & Biases (a resumed run continues the same W&B run)
+    wandb_project: str = "crammer"
     peak_tflops: float | None = None  # accelerator peak for MFU; None = look the GPU up in a table
 
 
@@ -110,6 +127,7 @@ class PretrainConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     data: StreamConfig = field(default_factory=StreamConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -152,6 +170,10 @@ class PretrainConfig:
             ("checkpoint.every_seconds", self.checkpoint.every_seconds >= 0),
             ("checkpoint.every_steps", self.checkpoint.every_steps >= 0),
             ("checkpoint.keep", self.checkpoint.keep >= 1),
+            ("eval.every_seconds", self.eval.every_seconds is None or self.eval.every_seconds >= 0),
+            ("eval.every_steps", self.eval.every_steps >= 0),
+            ("eval.max_share", 0 < self.eval.max_share < 1),
+            ("eval.sequences", self.eval.sequences >= 1),
             ("guard.max_nonfinite_in_a_row", self.guard.max_nonfinite_in_a_row >= 1),
             ("guard.max_rollbacks", self.guard.max_rollbacks >= 0),
             ("logging.every_steps", self.logging.every_steps >= 1),
@@ -185,6 +207,7 @@ PRESETS: dict[str, PretrainConfig] = {
         optim={"lr": 2e-3},
         logging={"every_steps": 1},
         checkpoint={"every_seconds": 0.0},
+        eval={"sequences": 64},
     ),
     # A few-minute end-to-end demo on a laptop CPU.
     "demo": _preset(
@@ -192,6 +215,7 @@ PRESETS: dict[str, PretrainConfig] = {
         batch={"micro_batch": 16, "target": 256},
         logging={"every_steps": 5},
         checkpoint={"every_seconds": 60.0},  # a checkpoint half-way through the 2-minute demo: a kill mid-run resumes
+        eval={"sequences": 128},
     ),
 }
 

@@ -38,11 +38,16 @@ class Distributed:
 
     def min_over_ranks(self, value: int) -> int:
         """The smallest of every rank's `value` (all ranks must call it)."""
-        if self.world_size == 1:
-            return value
-        tensor = torch.tensor([value], device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-        return int(tensor.item())
+        return int(self._reduce(value, dist.ReduceOp.MIN)) if self.world_size > 1 else value
+
+    def max_over_ranks(self, value: float) -> float:
+        """The largest of every rank's `value`: a duration every rank then agrees on (all ranks must call it)."""
+        return float(self._reduce(value, dist.ReduceOp.MAX)) if self.world_size > 1 else value
+
+    def _reduce(self, value: float, op) -> float:
+        tensor = torch.tensor([value], device=self.device, dtype=torch.float64)
+        dist.all_reduce(tensor, op=op)
+        return tensor.item()
 
     def barrier(self) -> None:
         if self.world_size > 1:

@@ -39,3 +39,13 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
                 break
             raise CrammerError(f"{path}:{number}: not a JSON object") from None
     return records
+
+
+def training_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of logged optimizer steps (metrics.jsonl also holds one row per validation)."""
+    return [r for r in records if "lr" in r]
+
+
+def validation_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of evaluations on the validation subset: val_loss, val_accuracy, eval_share, ..."""
+    return [r for r in records if "val_loss" in r]

@@ -1,5 +1,9 @@
-"""The step logger: what a person watching a run sees (a status line or progress bar) and what
-`metrics.jsonl` (and TensorBoard / W&B) records, one row every `logging.every_steps` steps."""
+"""The step logger: what a person watching a run sees and what `metrics.jsonl` (and TensorBoard / W&B)
+records: a row every `logging.every_steps` steps, and one per validation.
+
+On a terminal the status sits in a progress bar; off one (nohup, tmux logs, a batch scheduler) each row is
+one plain line on stderr, so the log reads line by line.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from crammer.progress import interactive
 from crammer.train.config import LoggingConfig
 from crammer.train.metrics import GpuMonitor, MetricsLog, peak_flops, status_line
 from crammer.train.state import Budget, LaunchedStep, TrainState
+from crammer.train.validation import ValidationResult
 
 
 class StepLogger:
@@ -29,15 +35,17 @@ class StepLogger:
         self.metrics = MetricsLog(run_dir, cfg, enabled, config)
         self.gpu = GpuMonitor(device)
         self.enabled = enabled
-        self.bar: tqdm | None = None  # from `start` on
+        self.lines = enabled and not interactive()  # plain lines instead of a bar
+        self.bar: tqdm | None = None  # from `start` on, on a terminal
         self.last = (0.0, 0)  # (host time, tokens) at the last logged step: see `start`
         self.losses: list[float] = []  # healthy steps since then
 
     def start(self, now: float, tokens: int) -> None:
         """The run starts: the progress bar appears, and the first interval's throughput counts from here
         (set-up and a resumed run's past do not count)."""
-        self.bar = tqdm(total=100, bar_format="{percentage:3.0f}% |{bar:20}| {desc}", disable=not self.enabled,
-                        file=sys.stderr)
+        if not self.lines:
+            self.bar = tqdm(total=100, bar_format="{percentage:3.0f}% |{bar:20}| {desc}", disable=not self.enabled,
+                            file=sys.stderr)
         self.last = (now, tokens)
 
     def resume_after(self, step: int) -> None:
@@ -81,10 +89,39 @@ class StepLogger:
             record["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         self.losses = []
         self.metrics.write(record)
-        if self.bar is not None:
-            self.bar.n = round(100 * min(progress_now, 1.0), 1)
-            self.bar.set_description_str(status_line(record))
+        self._show(status_line(record), progress_now)
         return record
+
+    def log_validation(self, state: TrainState, result: ValidationResult, elapsed: float,
+                       progress: float) -> dict[str, Any]:
+        """The row of one evaluation on the validation subset (its time counts against the budget)."""
+        record = {
+            "step": state.step,
+            "tokens": state.tokens,
+            "progress": progress,
+            "elapsed_s": elapsed,
+            "val_loss": result.loss,
+            "val_accuracy": result.accuracy,
+            "val_sequences": result.sequences,
+            "eval_seconds": state.eval_seconds,
+            "eval_share": state.eval_seconds / max(elapsed, 1e-9),
+        }
+        self.metrics.write(record)
+        self._show(f"validation at step {state.step} | loss {result.loss:.4f} | accuracy {100 * result.accuracy:.2f}% "
+                   f"| evaluation {100 * record['eval_share']:.1f}% of the time", progress, new_line=True)
+        return record
+
+    def _show(self, text: str, progress: float, new_line: bool = False) -> None:
+        if not self.enabled:  # ranks > 0 of a DDP job
+            return
+        if self.lines:
+            print(f"pretrain {100 * min(progress, 1.0):5.1f}% | {text}", file=sys.stderr, flush=True)
+        elif self.bar is not None:
+            if new_line:
+                self.bar.write(text, file=sys.stderr)
+            else:
+                self.bar.n = round(100 * min(progress, 1.0), 1)
+                self.bar.set_description_str(text)
 
     def close(self) -> None:
         if self.bar is not None:

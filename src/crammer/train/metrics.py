@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from crammer.errors import CrammerError
-from crammer.io import atomic_write_text
+from crammer.io import atomic_write_text, disk_full_as_error
 from crammer.train.config import LoggingConfig
 from crammer.train.files import METRICS_FILE, read_metrics
 
@@ -102,6 +103,20 @@ class GpuMonitor:
         return out
 
 
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of this run folder, made once and kept in it, so a resumed run continues the same W&B
+    run (and the TensorBoard files continue in RUN_DIR/tensorboard) instead of starting a second one."""
+    path = Path(run_dir) / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(8)
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
 class MetricsLog:
     """Appends records to metrics.jsonl (rank 0 only) and mirrors them to TensorBoard / W&B."""
 
@@ -122,7 +137,8 @@ class MetricsLog:
                 import wandb
             except ImportError:
                 raise CrammerError("logging.wandb=true needs Weights & Biases: pip install 'crammer[wandb]'") from None
-            self.wandb_run = wandb.init(project="crammer", name=Path(run_dir).name, config=config, resume="allow")
+            self.wandb_run = wandb.init(project=cfg.wandb_project, name=Path(run_dir).name, config=config,
+                                        id=wandb_run_id(Path(run_dir)), resume="allow")
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records the interrupted run wrote after its last checkpoint."""
@@ -134,7 +150,7 @@ class MetricsLog:
         if not self.enabled:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with open(self.path, "a") as f:
+        with disk_full_as_error(self.path), open(self.path, "a") as f:
             f.write(json.dumps(clean) + "\n")
         numbers = {k: v for k, v in clean.items() if isinstance(v, (int, float)) and k != "step"}
         if self.tensorboard:

@@ -1,8 +1,8 @@
 """`cram plot RUN_DIR`: the pictures a person checks on a day-long run, as PNG files.
 
 Reads RUN_DIR/metrics.jsonl (also mid-run) and writes one PNG per quantity into RUN_DIR/plots:
-loss, learning rate, batch size, throughput (+ MFU) and, on a GPU, utilisation, memory, temperature
-and power. The x axis is elapsed budget time in hours.
+training and validation loss, validation accuracy, learning rate, batch size, throughput (+ MFU) and, on a
+GPU, utilisation, memory, temperature and power. The x axis is elapsed budget time in hours.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from crammer.train.files import METRICS_FILE, read_metrics  # noqa: E402
 
 # file name -> (title, [(metric key, label, scale)])
 PLOTS: dict[str, tuple[str, list[tuple[str, str, float]]]] = {
-    "loss": ("MLM loss", [("loss", "loss", 1.0)]),
+    "loss": ("MLM loss", [("loss", "training", 1.0), ("val_loss", "validation (held-out documents)", 1.0)]),
+    "val_accuracy": ("validation MLM accuracy (%)", [("val_accuracy", "masked-token top-1 %", 100.0)]),
     "lr": ("learning rate", [("lr", "lr", 1.0)]),
     "batch_size": ("global batch (sequences)", [("batch_size", "batch size", 1.0)]),
     "throughput": ("throughput", [("tokens_per_s", "tokens/s", 1.0)]),

@@ -17,13 +17,15 @@ class TrainState:
     position: int = 0  # global micro-batches consumed from the data stream
     nonfinite_total: int = 0  # steps skipped for a non-finite loss
     rollbacks: int = 0  # returns to the last checkpoint after a streak of them
+    eval_seconds: float = 0.0  # budget seconds spent on validation
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """From a checkpoint's state.json; a counter added later (eval_seconds) starts at 0 in an older one."""
         for f in dataclasses.fields(self):
-            setattr(self, f.name, saved[f.name])
+            setattr(self, f.name, saved.get(f.name, f.default))
 
 
 class BudgetClock:
