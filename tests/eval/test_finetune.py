@@ -15,9 +15,10 @@ from transformers import AutoTokenizer, BertConfig
 
 import crammer.eval.finetune as finetune
 from crammer.errors import CrammerError
+from crammer.eval.batching import encode
 from crammer.eval.config import make_glue_config
-from crammer.eval.finetune import (check_max_length, check_model_source, encode, maybe_compile, model_identity,
-                                   run_trial, to_device)
+from crammer.eval.finetune import (check_max_length, check_model_source, maybe_compile, model_identity,
+                                   optimizer_and_schedule, pad_multiple, run_trial, to_device)
 from crammer.eval.tasks import TASKS, load_task
 
 
@@ -26,15 +27,16 @@ def rte_small(tiny_bert, glue_dir):
     """16 training and 8 dev examples of RTE, tokenized for the tiny BERT, and its padding id."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     data = load_task("rte", glue_dir)
-    train = encode(tokenizer, data.train.subset(range(16)), max_length=64)
-    evals = {"": encode(tokenizer, data.evals[""].subset(range(8)), max_length=64)}
+    train = encode(tokenizer, data.train.subset(range(16)), max_length=64, spec=TASKS["rte"].spec)
+    evals = {"": encode(tokenizer, data.evals[""].subset(range(8)), max_length=64, spec=TASKS["rte"].spec)}
     return train, evals, tokenizer.pad_token_id
 
 
-def _trial(model, rte_small, overrides):
+def _trial(model, rte_small, overrides, **kwargs):
     train, evals, pad_id = rte_small
     cfg = make_glue_config("sane", ["device=cpu", "batch_size=4", *overrides])
-    return run_trial(str(model), TASKS["rte"], train, evals, pad_id, cfg, seed=0, device=torch.device("cpu"))
+    return run_trial(str(model), TASKS["rte"].spec, train, evals, pad_id, cfg, seed=0, device=torch.device("cpu"),
+                     **kwargs)
 
 
 def test_model_source_checks(tiny_bert, tmp_path, monkeypatch):
@@ -97,13 +99,12 @@ def test_compile_is_auto_on_cuda_only():
         assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and compiled._orig_mod is model
 
 
-def _spy_on_optimizer(monkeypatch) -> dict:
-    """Records the model and optimizer `run_trial` builds, and the lr each optimizer step used."""
+def _spy_on_optimizer() -> tuple[dict, callable]:
+    """An optimizer factory that records the model and optimizer `run_trial` builds, and the lr of each step."""
     seen: dict = {"lrs": []}
-    build = finetune.optimizer_and_schedule
 
     def spy(model, cfg, total_steps, device):
-        optimizer, scheduler = build(model, cfg, total_steps, device)
+        optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps, device)
         step = scheduler.step
 
         def recording_step():
@@ -114,14 +115,14 @@ def _spy_on_optimizer(monkeypatch) -> dict:
         seen.update(model=model, optimizer=optimizer, total_steps=total_steps)
         return optimizer, scheduler
 
-    monkeypatch.setattr(finetune, "optimizer_and_schedule", spy)
-    return seen
+    return seen, spy
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
-def test_trial_follows_schedule_and_warmup(tiny_bert, rte_small, monkeypatch, schedule):
-    seen = _spy_on_optimizer(monkeypatch)
-    _trial(tiny_bert, rte_small, ["epochs=2", "lr=1e-3", f"schedule={schedule}", "warmup_fraction=0.25"])
+def test_trial_follows_schedule_and_warmup(tiny_bert, rte_small, schedule):
+    seen, spy = _spy_on_optimizer()
+    _trial(tiny_bert, rte_small, ["epochs=2", "lr=1e-3", f"schedule={schedule}", "warmup_fraction=0.25"],
+           make_optimizer=spy)
     total, warmup = 8, 2  # 16 examples / 4 per batch x 2 epochs; a quarter of them warming up
     assert seen["total_steps"] == total and len(seen["lrs"]) == total
     for step, lr in enumerate(seen["lrs"]):
@@ -135,15 +136,34 @@ def test_trial_follows_schedule_and_warmup(tiny_bert, rte_small, monkeypatch, sc
         assert lr == pytest.approx(1e-3 * expected), step
 
 
-def test_trial_uses_weight_decay_and_dropout(tiny_bert, rte_small, monkeypatch):
-    seen = _spy_on_optimizer(monkeypatch)
-    _trial(tiny_bert, rte_small, ["epochs=1", "weight_decay=0.05", "dropout=0.3"])
+def test_trial_uses_weight_decay_and_dropout(tiny_bert, rte_small):
+    seen, spy = _spy_on_optimizer()
+    _trial(tiny_bert, rte_small, ["epochs=1", "weight_decay=0.05", "dropout=0.3"], make_optimizer=spy)
     decay = {id(p): group["weight_decay"] for group in seen["optimizer"].param_groups for p in group["params"]}
     model = seen["model"]
     assert all(decay[id(p)] == (0.05 if p.ndim >= 2 else 0.0) for p in model.parameters())  # matrices only
     assert decay[id(model.classifier.weight)] == 0.05 and decay[id(model.classifier.bias)] == 0.0
     assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
     assert model.config.hidden_dropout_prob == model.config.attention_probs_dropout_prob == 0.3
+
+
+@pytest.mark.parametrize("protocol, betas, eps", [("sane", (0.9, 0.98), 1e-6), ("full", (0.9, 0.999), 1e-8)])
+def test_adamw_follows_the_protocol(tiny_bert, rte_small, protocol, betas, eps):
+    """`sane` is cramming's `optim/adam.yaml` (betas 0.9/0.98, eps 1e-6); AdamW is fused on CPU too."""
+    seen, spy = _spy_on_optimizer()
+    train, evals, pad_id = rte_small
+    cfg = make_glue_config(protocol, ["device=cpu", "epochs=1", "batch_size=8"])
+    result = run_trial(str(tiny_bert), TASKS["rte"].spec, train, evals, pad_id, cfg, seed=0,
+                       device=torch.device("cpu"), make_optimizer=spy)
+    for group in seen["optimizer"].param_groups:
+        assert group["betas"] == betas and group["eps"] == eps and group["fused"] is True
+    assert result["steps"] == 2
+
+
+def test_pad_multiple_is_auto_per_device():
+    cfg = make_glue_config("sane")
+    assert pad_multiple(cfg, torch.device("cpu")) == 1 and pad_multiple(cfg, torch.device("cuda")) == 8
+    assert pad_multiple(make_glue_config("sane", ["pad_multiple=16"]), torch.device("cpu")) == 16
 
 
 def test_loss_is_read_only_to_show_it(tiny_bert, rte_small, monkeypatch):

@@ -15,14 +15,15 @@ from crammer.errors import CrammerError
 from crammer.eval.cli import _slug
 from crammer.eval.config import make_glue_config
 from crammer.eval.glue import evaluate_glue
+from crammer.eval.tasks import TASKS
 from tests.eval.conftest import write_tsv
 
 SMALL = ["device=cpu", "epochs=1", "max_train_examples=48", "max_eval_examples=40", "eval_batch_size=16"]
 
 
-def _run(model, out, overrides, logs=None):
+def _run(model, out, overrides, logs=None, **kwargs):
     return evaluate_glue(str(model), make_glue_config("sane", SMALL + overrides), out,
-                         log=(logs.append if logs is not None else lambda m: None))
+                         log=(logs.append if logs is not None else lambda m: None), **kwargs)
 
 
 def test_results_files_and_resume(tiny_bert, glue_dir, tmp_path):
@@ -60,9 +61,11 @@ def test_results_files_and_resume(tiny_bert, glue_dir, tmp_path):
     assert logs == ["cola: all 3 trials already done"]
 
     config_before = (out / "config.json").read_bytes()
-    with pytest.raises(CrammerError, match=r"trial-0.json: made with another model or recipe"):
+    with pytest.raises(CrammerError, match=r"trial-0.json: made with another model, recipe or data; use a fresh "
+                                           r"--out \(or delete the folder to redo its trials\)$"):
         _run(tiny_bert, out, [f"glue_dir={glue_dir}", "tasks=cola", "lr=1e-3"])
     assert (out / "config.json").read_bytes() == config_before  # the refused run changed nothing
+    assert "| min–max (std) |" in md and set(results["tasks"]["cola"]["spread"]["mcc"]) == {"min", "max", "std"}
 
 
 def test_finetuning_learns_an_easy_task(tiny_bert, tmp_path):
@@ -148,79 +151,81 @@ def test_not_a_model(tiny_bert, tmp_path, glue_dir, capsys):
         assert code == 2 and len(err) == 1 and message in err[0], err
 
 
-def test_model_without_weights_is_refused_before_any_work(tiny_bert, glue_dir, tmp_path, fake_trials):
+def test_model_without_weights_is_refused_before_any_work(tiny_bert, glue_dir, tmp_path, fake_runner):
     folder = tmp_path / "no-weights"
     folder.mkdir()
     for f in Path(tiny_bert).iterdir():
         if not f.name.endswith(".safetensors"):
             (folder / f.name).write_bytes(f.read_bytes())
     with pytest.raises(CrammerError, match=r"no-weights: no weights in the folder \(expected one of model.safetensors"):
-        _run(folder, tmp_path / "out", [f"glue_dir={glue_dir}", "tasks=rte", "trials=1"])
-    assert not (tmp_path / "out").exists() and not fake_trials
+        _run(folder, tmp_path / "out", [f"glue_dir={glue_dir}", "tasks=rte", "trials=1"], runner=fake_runner)
+    assert not (tmp_path / "out").exists() and not fake_runner.calls
 
 
-def test_max_length_beyond_the_position_table_is_refused_up_front(tiny_bert, glue_dir, tmp_path, capsys,
-                                                                 fake_trials):
+def test_max_length_beyond_the_position_table_is_refused_up_front(tiny_bert, glue_dir, tmp_path, capsys):
     """It used to fail mid-training, at the first batch longer than 128 tokens, with a deep traceback."""
     code = main(["glue", "--model", str(tiny_bert), "--tasks", "rte", "--glue-dir", str(glue_dir), "--out",
                  str(tmp_path / "o"), "max_length=512"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and not fake_trials and not (tmp_path / "o").exists()
+    assert code == 2 and len(err) == 1 and not (tmp_path / "o").exists()
     assert "max_length=512 exceeds the max_position_embeddings=128 of --model" in err[0]
 
 
-def test_inputs_are_truncated_to_max_length(tiny_bert, glue_dir, tmp_path, fake_trials):
-    _run(tiny_bert, tmp_path / "out", [f"glue_dir={glue_dir}", "tasks=rte", "trials=1", "max_length=24"])
-    (call,) = fake_trials
-    assert call["cfg"].max_length == 24
+def test_inputs_are_truncated_to_max_length(tiny_bert, glue_dir, tmp_path, fake_runner):
+    _run(tiny_bert, tmp_path / "out", [f"glue_dir={glue_dir}", "tasks=rte", "trials=1", "max_length=24"],
+         runner=fake_runner)
+    (call,) = fake_runner.calls
+    assert call["cfg"].max_length == 24 and call["spec"] == TASKS["rte"].spec
     for data in (call["train"], *call["evals"].values()):
         assert max(data.lengths) == 24  # RTE's premises are longer: every split is cut
-        assert all(ids[-1] == data.input_ids[0][-1] for ids in data.input_ids if len(ids) == 24)  # ends with [SEP]
+        rows = [data.input_ids(i) for i in range(len(data))]
+        assert all(ids[-1] == rows[0][-1] for ids in rows if len(ids) == 24)  # ends with [SEP]
 
 
-def test_missing_task_data_is_reported_before_the_first_trial(tiny_bert, glue_dir, tmp_path, fake_trials):
+def test_missing_task_data_is_reported_before_the_first_trial(tiny_bert, glue_dir, tmp_path, fake_runner):
     local = tmp_path / "glue"
     shutil.copytree(glue_dir / "RTE", local / "RTE")
     shutil.copytree(glue_dir / "MRPC", local / "MRPC")
     (local / "MRPC" / "dev.tsv").unlink()
     with pytest.raises(CrammerError) as error:
-        _run(tiny_bert, tmp_path / "out", [f"glue_dir={local}", "tasks=rte,mrpc,cola", "trials=1"])
+        _run(tiny_bert, tmp_path / "out", [f"glue_dir={local}", "tasks=rte,mrpc,cola", "trials=1"],
+             runner=fake_runner)
     assert str(error.value) == (f"--glue-dir {local}: no data for mrpc, cola ({local / 'MRPC' / 'dev.tsv'}, "
                                 f"{local / 'CoLA'} not found); leave those tasks out of --tasks")
-    assert not fake_trials and not (tmp_path / "out").exists()
-    _run(tiny_bert, tmp_path / "out", [f"glue_dir={local}", "tasks=rte", "trials=1"])  # what `cram run` does
-    assert [c["task"] for c in fake_trials] == ["rte"]
+    assert not fake_runner.calls and not (tmp_path / "out").exists()
+    _run(tiny_bert, tmp_path / "out", [f"glue_dir={local}", "tasks=rte", "trials=1"], runner=fake_runner)  # `cram run`
+    assert [c["desc"] for c in fake_runner.calls] == ["rte trial 1/1"]
     # a task whose trials are all done needs no data
     shutil.rmtree(local / "RTE")
-    _run(tiny_bert, tmp_path / "out", [f"glue_dir={local}", "tasks=rte", "trials=1"])
-    assert len(fake_trials) == 1
+    _run(tiny_bert, tmp_path / "out", [f"glue_dir={local}", "tasks=rte", "trials=1"], runner=fake_runner)
+    assert len(fake_runner.calls) == 1
 
 
-def test_resume_keys_on_the_model_folder_and_its_files(tiny_bert, glue_dir, tmp_path, monkeypatch, fake_trials):
+def test_resume_keys_on_the_model_folder_and_its_files(tiny_bert, glue_dir, tmp_path, monkeypatch, fake_runner):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_bert, tmp_path / "runs/x/final")
-    args = ["glue", "--tasks", "rte", "--glue-dir", str(glue_dir), "--trials", "1", "--out", "o"]
+    config = make_glue_config("sane", ["tasks=rte", "trials=1", f"glue_dir={glue_dir}"])
     for spelling in ("runs/x/final", "runs/x/final/", "./runs/x/final", str(tmp_path / "runs/x/final")):
-        assert main([*args, "--model", spelling]) == 0
-    assert len(fake_trials) == 1  # the other spellings resumed the finished trial
+        evaluate_glue(spelling, config, "o", log=lambda m: None, runner=fake_runner)
+    assert len(fake_runner.calls) == 1  # the other spellings resumed the finished trial
 
     # the same folder, retrained: its trials are stale
     weights = tmp_path / "runs/x/final/model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(CrammerError, match="trial-0.json: made with another model or recipe"):
-        evaluate_glue("runs/x/final", make_glue_config("sane", ["tasks=rte", "trials=1", f"glue_dir={glue_dir}"]),
-                      "o", log=lambda m: None)
+    with pytest.raises(CrammerError, match="trial-0.json: made with another model, recipe or data"):
+        evaluate_glue("runs/x/final", config, "o", log=lambda m: None, runner=fake_runner)
 
 
-def test_default_out_names_the_models_folder(tiny_bert, glue_dir, tmp_path, monkeypatch, capsys, fake_trials):
+def test_default_out_names_the_models_folder(tiny_bert, glue_dir, tmp_path, monkeypatch, capsys):
     """Two models saved as `.../final` get their own results folders (the second used to be refused)."""
     monkeypatch.chdir(tmp_path)
     for run in ("demo", "other"):
         shutil.copytree(tiny_bert, tmp_path / f"runs/{run}/pretrain/final")
         assert main(["glue", "--model", f"runs/{run}/pretrain/final/", "--tasks", "rte", "--glue-dir", str(glue_dir),
-                     "--trials", "1", "--protocol", "full"]) == 0
+                     "--trials", "1", "--protocol", "full", "--max-train-examples", "8", "--max-eval-examples", "8",
+                     "epochs=1", "device=cpu"]) == 0
         assert f"runs/glue/{run}-pretrain-final-full/results.md" in capsys.readouterr().out
     assert _slug("google/electra-small-discriminator") == "google-electra-small-discriminator"
     assert _slug("bert-base-uncased") == "bert-base-uncased"
@@ -256,3 +261,17 @@ def test_compiled_model_matches_eager(tiny_bert, glue_dir, tmp_path, monkeypatch
     assert trial("compiled")["last_epoch_train_loss"] == pytest.approx(trial("eager")["last_epoch_train_loss"],
                                                                       rel=1e-3)
     assert compiled["tasks"]["cola"]["median"] == eager["tasks"]["cola"]["median"]
+
+
+def test_trials_from_before_the_sane_betas_say_so(tiny_bert, glue_dir, tmp_path, fake_runner):
+    """The `sane` recipe's AdamW betas/eps changed (0.9/0.98, 1e-6): old folders are refused with the reason."""
+    out = tmp_path / "out"
+    _run(tiny_bert, out, [f"glue_dir={glue_dir}", "tasks=rte", "trials=1"], runner=fake_runner)
+    config = json.loads((out / "config.json").read_text())
+    del config["config"]["adam_betas"], config["config"]["adam_eps"]  # as the old code wrote it
+    (out / "config.json").write_text(json.dumps(config))
+    trial = json.loads((out / "rte/trial-0.json").read_text())
+    (out / "rte/trial-0.json").write_text(json.dumps({**trial, "trial_key": "made-by-the-old-recipe"}))
+    with pytest.raises(CrammerError, match=r"rte/trial-0.json: made with another model, recipe or data; it predates "
+                                           r"the protocols' AdamW betas and eps .*; use a fresh --out"):
+        _run(tiny_bert, out, [f"glue_dir={glue_dir}", "tasks=rte", "trials=1"], runner=fake_runner)

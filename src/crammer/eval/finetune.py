@@ -1,9 +1,10 @@
-"""Fine-tune one model on one task for one seed, then score it on the dev split(s).
+"""Fine-tune one model on one task for one seed, then score it on the evaluation split(s).
 
-Any Hugging Face encoder with a sequence-classification head works: the model is loaded through
-`AutoModelForSequenceClassification` (`import crammer.model` registers crammed BERT with it), with
-a new head sized for the task. Batches are bucketed by length and padded only to a multiple of
-`pad_multiple`, so short GLUE sentences do not pay for 128-token padding.
+Any Hugging Face encoder works: the model is loaded through `AutoModelForSequenceClassification` (or
+`AutoModelForTokenClassification` for tagging; `import crammer.model` registers crammed BERT with both), with a
+new head sized for the task and `config.problem_type` saying the loss (cross-entropy, MSE, or per-label BCE
+for multi-label), as Hugging Face's own heads read it. Batches come from `batching` (bucketed by length,
+dynamically padded).
 """
 
 from __future__ import annotations
@@ -12,20 +13,22 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 import crammer.model  # noqa: F401  (registers model_type "crammed_bert" with the Auto classes)
 
 from crammer.errors import CrammerError
-from crammer.eval.config import GlueConfig
+from crammer.eval.batching import IGNORE, Encoded, bucketed_batches, collate
+from crammer.eval.config import FinetuneConfig
+from crammer.eval.metrics import compute_metrics
+from crammer.eval.spec import TaskSpec
 from crammer.model.presets import check_positions
 from crammer.runtime import autocast, parameter_groups, resolve_precision, should_compile
-from crammer.eval.metrics import compute_metrics
-from crammer.eval.tasks import GlueTask, Split
 
 # How trial files name the autocast dtype.
 TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp32": "float32"}
@@ -106,20 +109,22 @@ def check_max_length(max_length: int, model_config, source: str, setting: str = 
     check_positions(max_length, model_config, setting, source, "use max_length={limit} or less")
 
 
-def load_classifier(model: str, task: GlueTask, dropout: float) -> torch.nn.Module:
-    """The pretrained encoder with a fresh `task.num_labels`-way head (1 output = MSE regression)."""
-    from transformers import AutoModelForSequenceClassification
+def load_model(model: str, spec: TaskSpec, dropout: float) -> torch.nn.Module:
+    """The pretrained encoder with a fresh head of `spec.num_labels` outputs, the label names in its config
+    (so a saved fine-tuned model keeps them)."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
     config = load_model_config(model)
-    config.num_labels = task.num_labels
-    config.problem_type = "regression" if task.is_regression else "single_label_classification"
-    if not task.is_regression:
-        config.id2label = dict(enumerate(task.labels))
-        config.label2id = {name: i for i, name in enumerate(task.labels)}
+    config.num_labels = spec.num_labels
+    config.problem_type = spec.problem_type
+    if spec.labels:
+        config.id2label = dict(enumerate(spec.labels))
+        config.label2id = {name: i for i, name in enumerate(spec.labels)}
     for name in DROPOUT_FIELDS:
         if hasattr(config, name):
             setattr(config, name, dropout)
+    auto = AutoModelForTokenClassification if spec.is_token_level else AutoModelForSequenceClassification
     # Loaded once per trial: keep the log to our own lines ("newly initialized classifier" is the point here).
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -127,10 +132,10 @@ def load_classifier(model: str, task: GlueTask, dropout: float) -> torch.nn.Modu
     try:
         # fp32 master weights whatever the checkpoint's dtype (bf16 comes from autocast); a head saved with
         # another label count (a fine-tuned checkpoint) is replaced by a fresh one
-        return AutoModelForSequenceClassification.from_pretrained(model, config=config, dtype=torch.float32,
-                                                                  ignore_mismatched_sizes=True)
+        return auto.from_pretrained(model, config=config, dtype=torch.float32, ignore_mismatched_sizes=True)
     except Exception as e:
-        raise CrammerError(f"--model {model}: cannot load it for sequence classification "
+        what = "token" if spec.is_token_level else "sequence"
+        raise CrammerError(f"--model {model}: cannot load it for {what} classification "
                            f"({type(e).__name__}: {_first_line(e)})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -143,78 +148,32 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
-@dataclass
-class Encoded:
-    """A tokenized split: one list of token ids (and segment ids) per example."""
 
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]] | None
-    labels: list[float]
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.input_ids]
-
-
-def encode(tokenizer, split: Split, max_length: int) -> Encoded:
-    enc = tokenizer(split.text_a, split.text_b, truncation=True, max_length=max_length)
-    types = enc.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
-    return Encoded(list(enc["input_ids"]), list(types) if types is not None else None, list(split.labels))
-
-
-def bucketed_batches(lengths: list[int], batch_size: int, window: int, generator: torch.Generator) -> list[list[int]]:
-    """Shuffled batches of similar-length examples.
-
-    A random order is cut into windows of `window` batches; each window is sorted by length and split
-    into batches, and the batches are shuffled, so every epoch sees new batch compositions but a batch
-    rarely mixes a 10-token and a 120-token example.
-    """
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    span = batch_size * window
-    batches = []
-    for start in range(0, len(order), span):
-        chunk = sorted(order[start:start + span], key=lengths.__getitem__)
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    perm = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in perm]
-
-
-def collate(data: Encoded, indices: list[int], pad_id: int, pad_multiple: int, regression: bool) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest example, rounded up to a multiple of `pad_multiple`."""
-    longest = max(len(data.input_ids[i]) for i in indices)
-    width = math.ceil(longest / pad_multiple) * pad_multiple
-    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-    token_type_ids = torch.zeros((len(indices), width), dtype=torch.long)
-    for row, i in enumerate(indices):
-        n = len(data.input_ids[i])
-        input_ids[row, :n] = torch.tensor(data.input_ids[i])
-        attention_mask[row, :n] = 1
-        if data.token_type_ids is not None:
-            token_type_ids[row, :n] = torch.tensor(data.token_type_ids[i])
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if data.token_type_ids is not None:
-        batch["token_type_ids"] = token_type_ids
-    labels = [data.labels[i] for i in indices]
-    batch["labels"] = torch.tensor(labels, dtype=torch.float32 if regression else torch.long)
-    return batch
-
-
-def optimizer_and_schedule(model: torch.nn.Module, cfg: GlueConfig, total_steps: int, device: torch.device):
-    """AdamW with the same decay groups as pretraining (matrices decay; norms, biases and scales do not),
-    and `cfg.schedule` after a linear warm-up over `cfg.warmup_fraction` of the steps."""
+def optimizer_and_schedule(model: torch.nn.Module, cfg: FinetuneConfig, total_steps: int, device: torch.device):
+    """AdamW (the protocol's betas and eps) with the same decay groups as pretraining (matrices decay; norms,
+    biases and scales do not), and `cfg.schedule` after a linear warm-up over `cfg.warmup_fraction` of the
+    steps. Fused on CPU too: the per-tensor loop was half of a CPU fine-tuning step for MiniLM."""
     from transformers import get_scheduler
 
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas,
+                                  eps=cfg.adam_eps, fused=True)
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=round(cfg.warmup_fraction * total_steps),
                               num_training_steps=total_steps)
     return optimizer, scheduler
+
+
+OptimizerFactory = Callable[[torch.nn.Module, FinetuneConfig, int, torch.device], tuple]
 
 
 def maybe_compile(model: torch.nn.Module, setting: bool | None, device: torch.device):
     """torch.compile as pretraining decides it (None = on CUDA only). `dynamic=True` because every
     bucket has its own length: one graph for all of them instead of a recompile per new length."""
     return torch.compile(model, dynamic=True) if should_compile(setting, device) else model
+
+
+def pad_multiple(cfg: FinetuneConfig, device: torch.device) -> int:
+    """`pad_multiple=None`: 8 on CUDA, where tensor cores want it; 1 on CPU, where padding is only waste."""
+    return cfg.pad_multiple or (8 if device.type == "cuda" else 1)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -225,27 +184,31 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 def run_trial(
     model_path: str,
-    task: GlueTask,
+    spec: TaskSpec,
     train: Encoded,
     evals: dict[str, Encoded],
     pad_id: int,
-    cfg: GlueConfig,
+    cfg: FinetuneConfig,
     seed: int,
     device: torch.device,
     desc: str = "",
+    make_optimizer: OptimizerFactory = optimizer_and_schedule,
+    finished: Callable[[torch.nn.Module, dict], None] | None = None,
 ) -> dict:
-    """Fine-tune for `cfg.epochs` epochs with seed `seed`; return the metrics after the last epoch."""
+    """Fine-tune for `cfg.epochs` epochs with seed `seed`; return the metrics after the last epoch.
+    `finished(model, result)` sees the fine-tuned model before it is dropped (to save it)."""
     from transformers import set_seed
 
     set_seed(seed)  # the new head's init, dropout masks and the batch order all follow the seed
-    model = load_classifier(model_path, task, cfg.dropout).to(device)
+    model = load_model(model_path, spec, cfg.dropout).to(device)
     forward = maybe_compile(model, cfg.compile, device)
     precision = resolve_precision(cfg.precision, device, fp16=False)  # no gradient scaler here
+    multiple = pad_multiple(cfg, device)
     generator = torch.Generator().manual_seed(seed)
 
-    steps_per_epoch = math.ceil(len(train.labels) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps, device)
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps, device)
 
     start = time.perf_counter()
     model.train()
@@ -254,7 +217,7 @@ def run_trial(
         batches = bucketed_batches(train.lengths, cfg.batch_size, cfg.bucket_batches, generator)
         bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
         for step, indices in enumerate(bar):
-            batch = to_device(collate(train, indices, pad_id, cfg.pad_multiple, task.is_regression), device)
+            batch = to_device(collate(train, indices, pad_id, multiple), device)
             with autocast(precision, device):
                 loss = forward(**batch).loss
             loss.backward()
@@ -269,40 +232,57 @@ def run_trial(
     start = time.perf_counter()
     metrics = {}
     for split_name, data in evals.items():
-        predictions = predict(forward, data, pad_id, cfg, task.is_regression, device, precision)
-        values = compute_metrics(task.metric, predictions, data.labels)
+        predictions = predict(forward, data, spec, pad_id, cfg.eval_batch_size, multiple, device, precision)
+        values = compute_metrics(spec.metric, predictions, data.targets, spec.labels)
         metrics.update({f"{k}_{split_name}" if split_name else k: v for k, v in values.items()})
-    return {
+    result = {
         "metrics": metrics,
         "seed": seed,
         "epochs": cfg.epochs,
         "steps": total_steps,
         "last_epoch_train_loss": epoch_loss.item() / steps_per_epoch,
-        "train_examples": len(train.labels),
-        "eval_examples": {name or "dev": len(d.labels) for name, d in evals.items()},
+        "train_examples": len(train),
+        "eval_examples": {name or "dev": len(d) for name, d in evals.items()},
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(time.perf_counter() - start, 2),
         "device": str(device),
         "compiled": forward is not model,
         "precision": TORCH_DTYPE_NAMES[precision],
     }
+    if finished is not None:
+        finished(model, result)
+    return result
 
 
 @torch.inference_mode()
-def predict(forward, data: Encoded, pad_id: int, cfg: GlueConfig, regression: bool, device: torch.device,
-            precision: str) -> list[float]:
-    """Predictions in the split's order (computed in length-sorted batches)."""
+def predict(forward, data: Encoded, spec: TaskSpec, pad_id: int, batch_size: int, multiple: int,
+            device: torch.device, precision: str) -> list:
+    """Predictions in the split's order (computed in length-sorted batches), in the form the metric takes:
+    a float (regression), a class index, a 0/1 row (multi-label: logit > 0), or one tag per word (words cut
+    off by `max_length` get the tag `O` if there is one, else the first: counted as misses, not dropped)."""
     forward.eval()
-    order = sorted(range(len(data.labels)), key=data.lengths.__getitem__)
-    out: list[float] = [0.0] * len(order)
-    for start in range(0, len(order), cfg.eval_batch_size):
-        indices = order[start:start + cfg.eval_batch_size]
-        batch = collate(data, indices, pad_id, cfg.pad_multiple, regression)
-        batch.pop("labels")
+    order = np.argsort(data.lengths, kind="stable")
+    out: list = [None] * len(order)
+    fallback = spec.labels.index("O") if "O" in spec.labels else 0
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size].tolist()
+        batch = collate(data, indices, pad_id, multiple)
+        labels = batch.pop("labels")
         with autocast(precision, device):
             logits = forward(**to_device(batch, device)).logits.float()
-        values = logits.squeeze(-1) if regression else logits.argmax(-1)
-        for i, v in zip(indices, values.tolist()):
+        if spec.kind == "regression":
+            values = logits.squeeze(-1).tolist()
+        elif spec.kind == "multi-label":
+            values = (logits > 0).long().tolist()
+        elif spec.is_token_level:
+            tags, first = logits.argmax(-1).cpu(), labels != IGNORE
+            values = []
+            for row, i in enumerate(indices):
+                words = tags[row][first[row]].tolist()
+                values.append(words + [fallback] * (len(data.targets[i]) - len(words)))
+        else:
+            values = logits.argmax(-1).tolist()
+        for i, v in zip(indices, values):
             out[i] = v
     forward.train()
     return out

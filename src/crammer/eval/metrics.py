@@ -1,4 +1,4 @@
-"""GLUE metrics (scikit-learn / scipy) and the GLUE score, all on the 0-100 scale GLUE tables use."""
+"""Fine-tuning metrics (scikit-learn, scipy, seqeval) and the GLUE score, all on the 0-100 scale GLUE tables use."""
 
 from __future__ import annotations
 
@@ -9,12 +9,20 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from crammer.eval.tasks import GLUE_SCORE_COLUMNS, TASKS, MetricKind
+from crammer.eval.spec import MetricKind
+from crammer.eval.tasks import GLUE_SCORE_COLUMNS, TASKS
 
 
-def compute_metrics(kind: MetricKind, predictions: Sequence[float], labels: Sequence[float]) -> dict[str, float]:
-    """Metric values x 100 for class predictions (or regression outputs for `correlation`)."""
+def compute_metrics(kind: MetricKind, predictions: Sequence, labels: Sequence,
+                    names: Sequence[str] = ()) -> dict[str, float]:
+    """Metric values x 100 for class predictions (regression outputs for `correlation`, 0/1 rows of every
+    label for `multi-label`, per-word tag indices for `entities`, whose tag `names` say the entities)."""
+    if kind == "entities":
+        return _entity_metrics(predictions, labels, names)
     pred, gold = np.asarray(predictions), np.asarray(labels)
+    if kind == "multi-label":
+        return {"micro_f1": 100 * float(f1_score(gold, pred, average="micro", zero_division=0.0)),
+                "macro_f1": 100 * float(f1_score(gold, pred, average="macro", zero_division=0.0))}
     if kind == "correlation":
         if np.ptp(pred) == 0 or np.ptp(gold) == 0:  # constant output: correlation undefined, score it 0
             return {"pearson": 0.0, "spearman": 0.0}
@@ -27,7 +35,26 @@ def compute_metrics(kind: MetricKind, predictions: Sequence[float], labels: Sequ
         return {"f1": 100 * float(f1_score(gold, pred, zero_division=0.0)), "accuracy": accuracy}
     if kind == "mcc":
         return {"mcc": 100 * float(matthews_corrcoef(gold, pred))}
+    if kind == "classification":
+        return {"accuracy": accuracy, "macro_f1": 100 * float(f1_score(gold, pred, average="macro", zero_division=0.0)),
+                "mcc": 100 * float(matthews_corrcoef(gold, pred))}
     raise ValueError(f"unknown metric kind {kind!r}")
+
+
+def _entity_metrics(predictions: Sequence[Sequence[int]], labels: Sequence[Sequence[int]],
+                    names: Sequence[str]) -> dict[str, float]:
+    """Entity-level F1 as CoNLL's `conlleval` counts it (seqeval's default mode: B-/I- tags, a stray I- opens
+    an entity), and the share of words tagged right. A tag without a prefix (`PER`) is read as `I-PER`, so
+    a run of one such tag is one entity (the IO scheme)."""
+    from seqeval.metrics import f1_score as entity_f1
+
+    scheme = [n if n == "O" or n[:2] in ("B-", "I-", "E-", "S-") else f"I-{n}" for n in names]
+    pred = [[scheme[t] for t in row] for row in predictions]
+    gold = [[scheme[t] for t in row] for row in labels]
+    words = sum(len(row) for row in gold)
+    right = sum(p == g for prow, grow in zip(pred, gold) for p, g in zip(prow, grow))
+    return {"entity_f1": 100 * float(entity_f1(gold, pred, zero_division=0)),
+            "token_accuracy": 100 * right / words if words else 0.0}
 
 
 def glue_numbers(task_medians: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

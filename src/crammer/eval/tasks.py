@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 from crammer.errors import CrammerError
+from crammer.eval.spec import MetricKind, TaskSpec
 
-MetricKind = Literal["mcc", "accuracy", "f1", "correlation"]
 HUB_DATASET = "nyu-mll/glue"
 
 
@@ -46,6 +46,12 @@ class GlueTask:
     @property
     def is_regression(self) -> bool:
         return not self.labels
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The task as the trial runner sees it: a classification or regression with GLUE's own metric."""
+        primary = tuple(key for _, key in self.glue_numbers) or (self.metric,)
+        return TaskSpec("regression" if self.is_regression else "classification", self.labels, self.metric, primary)
 
 
 TASKS: dict[str, GlueTask] = {
@@ -81,11 +87,12 @@ GLUE_SCORE_COLUMNS = tuple(col for name in ALL_TASKS for col, _ in TASKS[name].g
 
 @dataclass
 class Split:
-    """Sentence (pairs) and labels; `text_b` is None for single-sentence tasks."""
+    """Sentence (pairs) and labels; `text_b` is None for single-sentence tasks. For token classification
+    `text_a` holds each example's words and `labels` their tag indices (one list per example)."""
 
-    text_a: list[str]
+    text_a: list
     text_b: list[str] | None
-    labels: list[float]  # class indices (as ints) or regression targets
+    labels: list  # class indices (as ints), regression targets, lists of class indices (multi-label) or of tags
 
     def __len__(self) -> int:
         return len(self.labels)
