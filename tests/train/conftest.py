@@ -12,6 +12,7 @@ import torch
 from crammer.data.config import CorpusConfig
 from crammer.data.prepare import prepare
 from crammer.train.config import make_pretrain_config
+from crammer.train.files import training_rows, validation_rows
 
 
 @pytest.fixture(autouse=True)
@@ -48,11 +49,11 @@ def tiny(overrides=(), tokens: int | None = None, seconds: float | None = None):
 
 def metrics(run_dir: Path) -> list[dict]:
     """The rows of logged optimizer steps (metrics.jsonl also holds the validation rows)."""
-    return [r for r in all_rows(run_dir) if "lr" in r]
+    return training_rows(all_rows(run_dir))
 
 
 def validation(run_dir: Path) -> list[dict]:
-    return [r for r in all_rows(run_dir) if "val_loss" in r]
+    return validation_rows(all_rows(run_dir))
 
 
 def all_rows(run_dir: Path) -> list[dict]:
