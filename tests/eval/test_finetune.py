@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, BertConfig
 
 import crammer.eval.finetune as finetune
 from crammer.errors import CrammerError
-from crammer.eval.batching import encode
+from crammer.eval.batching import collate, encode
 from crammer.eval.config import make_glue_config
 from crammer.eval.finetune import (check_max_length, check_model_source, maybe_compile, model_identity,
                                    optimizer_and_schedule, pad_multiple, run_trial, to_device)
@@ -197,3 +197,56 @@ def test_batches_are_pinned_for_cuda(monkeypatch):
 def test_no_pinning_on_cpu():
     tensor = torch.ones(2, 8)
     assert to_device({"x": tensor}, torch.device("cpu"))["x"] is tensor
+
+
+def _classifier(tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2, hidden_dropout_prob=0.0,
+                                                              attention_probs_dropout_prob=0.0)
+
+
+def test_sparse_lookup_gradient_gives_the_dense_update(tiny_bert, rte_small):
+    """The same AdamW steps as with PyTorch's dense embedding backward; the dense buffer is kept across steps,
+    a second backward before the step adds into it, and only this batch's rows are non-zero."""
+    train, _, pad_id = rte_small
+    cfg = make_glue_config("sane", ["batch_size=4"])
+    dense, sparse = _classifier(tiny_bert), _classifier(tiny_bert)
+    assert finetune.sparse_lookup_gradient(sparse) and sparse.get_input_embeddings().sparse
+    assert not finetune.sparse_lookup_gradient(sparse)  # once
+    optimizers = [optimizer_and_schedule(m, cfg, 8, torch.device("cpu"))[0] for m in (dense, sparse)]
+    buffers = []
+    for step in range(3):
+        batches = [collate(train, list(range(4 * step, 4 * step + 4)), pad_id, 1),
+                   collate(train, list(range(4 * step + 4, 4 * step + 8)), pad_id, 1)]
+        for model, optimizer in zip((dense, sparse), optimizers):
+            for batch in batches[: 1 + (step == 2)]:  # step 3 accumulates two batches
+                model(**batch).loss.backward()
+            optimizer.step()
+            if model is sparse:
+                grad = sparse.get_input_embeddings().weight.grad
+                assert grad.layout == torch.strided
+                buffers.append(grad)
+                touched = torch.cat([b["input_ids"].flatten() for b in batches[: 1 + (step == 2)]]).unique()
+                assert set(grad.abs().sum(1).nonzero().flatten().tolist()) <= set(touched.tolist())
+            optimizer.zero_grad(set_to_none=True)
+    assert buffers[0] is buffers[1] is buffers[2]
+    for (name, a), b in zip(dense.named_parameters(), sparse.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_sparse_lookup_gradient_leaves_tied_embeddings_alone(tiny_bert):
+    from transformers import AutoModelForMaskedLM
+
+    mlm = AutoModelForMaskedLM.from_pretrained(tiny_bert)
+    assert mlm.get_output_embeddings().weight is mlm.get_input_embeddings().weight
+    assert not finetune.sparse_lookup_gradient(mlm) and not mlm.get_input_embeddings().sparse
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_crammed"])
+def test_trials_on_cpu_use_the_sparse_lookup_gradient(name, rte_small, request):
+    seen = {}
+    _trial(request.getfixturevalue(name), rte_small, ["epochs=1"], finished=lambda model, result: seen.update(
+        sparse=model.get_input_embeddings().sparse))
+    assert seen["sparse"]

@@ -16,8 +16,11 @@ from crammer.eval.cli import _slug
 from crammer.eval.config import make_glue_config
 from crammer.eval.glue import evaluate_glue
 from crammer.eval.tasks import TASKS
+from crammer.runtime import cpu_has_native_bf16
 from tests.eval.conftest import write_tsv
 
+# precision=auto on CPU: bf16 autocast where the CPU multiplies bf16 natively
+CPU_AUTO_PRECISION = "bfloat16" if cpu_has_native_bf16() else "float32"
 SMALL = ["device=cpu", "epochs=1", "max_train_examples=48", "max_eval_examples=40", "eval_batch_size=16"]
 
 
@@ -36,7 +39,7 @@ def test_results_files_and_resume(tiny_bert, glue_dir, tmp_path):
         assert [r["seed"] for r in runs] == [0, 1] and all(r["epochs"] == 1 for r in runs)
         assert all(sorted(r["metrics"]) == sorted(keys) and r["train_examples"] == 48 for r in runs)
         assert all(r["eval_examples"] == {"dev": 40} and r["train_seconds"] > 0 for r in runs)
-        assert all(r["steps"] == 3 and r["precision"] == "float32" for r in runs)
+        assert all(r["steps"] == 3 and r["precision"] == CPU_AUTO_PRECISION for r in runs)
         assert list(results["tasks"][task]["median"]) == keys  # the scored metric first
         for key in keys:
             assert results["tasks"][task]["median"][key] == statistics.median(r["metrics"][key] for r in runs)

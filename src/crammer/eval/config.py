@@ -43,7 +43,8 @@ class FinetuneConfig:
     max_eval_examples: int = 0
     # hardware
     device: str = "auto"  # auto = cuda when available, else cpu
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast where CUDA supports it
+    # auto = bf16 autocast where the GPU supports it or the CPU does bf16 natively (AVX512-BF16, AMX), else fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool | None = None  # torch.compile (dynamic shapes); None = on for CUDA, off on CPU
     # data
     skip_malformed_rows: bool = False  # drop rows with missing fields / unknown labels instead of failing
