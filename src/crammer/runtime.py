@@ -42,8 +42,8 @@ def resolve_precision(requested: str, device: torch.device, fp16: bool = True, c
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 (Cooper Lake, Zen 4 and later) or AMX (Sapphire Rapids and later): oneDNN's bf16 matrix
-    products then run at several times fp32's rate (4.5x for BERT's shapes on a Zen CPU); on other CPUs bf16
-    is emulated and slower than fp32. (`torch.cpu`'s checks are private: a torch without them counts as no.)"""
+    products then run at several times fp32's rate (4.5x for BERT's shapes on a Zen CPU); other CPUs only
+    emulate bf16, with nothing to gain. (`torch.cpu`'s checks are private: a torch without them counts as no.)"""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 

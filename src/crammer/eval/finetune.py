@@ -175,7 +175,7 @@ def sparse_lookup_gradient(model: torch.nn.Module) -> bool:
     """Let the word-embedding lookup produce a sparse gradient (the rows of the batch's tokens) and densify it
     into one buffer kept for the whole trial, before the optimizer sees it: the same update, as fused AdamW gets
     the same dense gradient. PyTorch's dense embedding backward allocates and zero-fills a fresh vocabulary x
-    hidden matrix every step (MiniLM: 30,522 x 384, 47 MB, each page faulted in anew), ~10% of a CPU step.
+    hidden matrix every step (MiniLM: 30,522 x 384, 47 MB, each page faulted in anew), 10-15% of a CPU step.
     Not for a lookup whose weight is tied to an output layer (its gradient is dense anyway). True if done."""
     embedding, output = _module(model, "get_input_embeddings"), _module(model, "get_output_embeddings")
     if not isinstance(embedding, torch.nn.Embedding) or embedding.sparse or not embedding.weight.requires_grad:
@@ -237,7 +237,7 @@ def run_trial(
     forward = maybe_compile(model, cfg.compile, device)
     if device.type == "cpu" and forward is model:  # on a GPU the dense gradient costs a memset; compile: dense
         sparse_lookup_gradient(model)
-    # no gradient scaler here; bf16 on a CPU that multiplies it natively (2x a MiniLM step on a Zen CPU)
+    # no gradient scaler here; bf16 on a CPU that multiplies it natively (a MiniLM step 1.5x faster on a Zen CPU)
     precision = resolve_precision(cfg.precision, device, fp16=False, cpu_bf16=cpu_has_native_bf16())
     multiple = pad_multiple(cfg, device)
     generator = torch.Generator().manual_seed(seed)
