@@ -216,5 +216,6 @@ def print_table(runs: list[dict], args: argparse.Namespace) -> None:
                 print(f"| {task} | **ratio {SIDES[ours]} / {SIDES[theirs]}** | | | "
                       f"**{speeds[ours] / speeds[theirs]:.2f}x** | | |")
 
+
 if __name__ == "__main__":
     main()
