@@ -28,7 +28,8 @@ from crammer.train.config import make_pretrain_config
 from crammer.train.masking import MLMCollator
 from crammer.train.metrics import peak_flops
 from crammer.runtime import configure_backends
-from crammer.train.setup import build_optimizer, build_training, model_config_for
+from crammer.train.optimizers import build_optimizer
+from crammer.train.setup import build_training, model_config_for
 from crammer.train.step import TrainStep
 
 CATEGORIES = [  # first match wins; matched against the lower-cased kernel name

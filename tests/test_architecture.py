@@ -29,11 +29,52 @@ def _imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package, forbidden", [("train", "crammer.eval"), ("eval", "crammer.train"),
                                                 ("model", "crammer.train"), ("model", "crammer.eval"),
-                                                ("data", "crammer.train"), ("data", "crammer.model")])
+                                                ("data", "crammer.train"), ("data", "crammer.model"),
+                                                # readers of a run folder never import the stages that write it
+                                                ("train", "crammer.hub"), ("hub", "crammer.eval"),
+                                                ("hub", "crammer.train"), ("hub", "crammer.pipeline"),
+                                                ("report", "crammer.pipeline"), ("report", "crammer.hub")])
 def test_stages_do_not_import_each_other_sideways(package, forbidden):
     offenders = {str(path.relative_to(SRC)): sorted(m for m in _imported_modules(path) if m.startswith(forbidden))
                  for path in (SRC / package).rglob("*.py")}
     assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_the_run_folder_module_sits_at_the_bottom():
+    """Every stage, the report and the card read a run folder's files through `crammer.runfiles`, which
+    imports only the shared modules (and no torch), so no arrow can run back up through it."""
+    allowed = {"crammer.errors", "crammer.io"}
+    assert _imported_modules(SRC / "runfiles.py") <= allowed
+    assert "torch" not in _modules_loaded_by("import crammer.runfiles")
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Package (or top-level module) -> the packages it imports, over every file of src/crammer."""
+    graph: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).parts
+        node = rel[0].removesuffix(".py")
+        targets = {m.split(".")[1] for m in _imported_modules(path) if m.count(".") >= 1}
+        graph.setdefault(node, set()).update(targets - {node})
+    return graph
+
+
+def test_no_package_imports_itself_back_through_another():
+    """No cycles between packages (`pipeline -> report -> pipeline` was one): a depth-first search over
+    the import graph finds no way back."""
+    graph = _import_graph()
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        for target in sorted(graph.get(node, ())):
+            if target in path:
+                cycles.append(path[path.index(target):] + [target])
+            elif target in graph:
+                visit(target, path + [target])
+
+    for start in sorted(graph):
+        visit(start, [start])
+    assert not cycles
 
 
 def _modules_loaded_by(code: str) -> set[str]:

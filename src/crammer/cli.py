@@ -22,9 +22,9 @@ from crammer.progress import quiet_third_party_bars
 
 COMMAND_MODULES = [
     "crammer.data.cli",  # data prepare, data inspect
-    "crammer.train.cli",  # pretrain, plot, bench, plan
-    "crammer.eval.cli",  # glue
-    "crammer.pipeline.cli",  # run
+    "crammer.pipeline.cli",  # pretrain (training + its model card), run (the whole chain)
+    "crammer.train.cli",  # plot, bench, validate, plan
+    "crammer.eval.cli",  # glue, finetune
     "crammer.report.cli",  # report
     "crammer.hub.cli",  # push
 ]

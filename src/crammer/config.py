@@ -101,9 +101,9 @@ def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
     """Return a copy of dataclass `cfg` with `a.b.c=value` overrides applied (typed, validated).
 
     Two class attributes of a config dataclass steer its keys:
-    - `OVERRIDE_ROUTES = {"model": ("model_overrides", parse)}`: `model.K=V` is checked by `parse(K, V)`
-      (which returns the canonical `K=V` string) and appended to the tuple field `model_overrides`; the
-      keys of another component's config (the model's) go through this same path, typed at parse time.
+    - `OVERRIDE_ROUTES = {"model": ("model_overrides", route)}`: `model.K=V` becomes `route(K, V)` (the `K=V`
+      string the config records) appended to the tuple field `model_overrides`; the keys of another
+      component's config (the model's) are typed by that component's parser when the config is validated.
     - `FIXED_KEYS = {"protocol": "why"}`: keys that are not overrides, refused with the reason.
     """
     for item in overrides:
@@ -171,6 +171,39 @@ def check_literals(cfg: Any, where: str) -> None:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (nested) dataclass."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_defaults(cls: type) -> dict[str, Any]:
+    """The JSON form of a config class's defaults, field by field (a nested config's from its own class; a
+    field without a default is left out)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out[f.name] = config_defaults(hints[f.name])
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = json.loads(json.dumps(f.default, default=str))
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = json.loads(json.dumps(f.default_factory(), default=str))
+    return out
+
+
+def with_defaults(saved: Any, defaults: Any) -> Any:
+    """A saved config (JSON) with the keys it lacks filled in from `defaults` (`config_defaults`): a setting
+    added by a later version of crammer, at its default, leaves an older run the same run."""
+    if not isinstance(saved, dict) or not isinstance(defaults, dict):
+        return saved
+    return {**saved, **{k: with_defaults(saved[k], d) if k in saved else d for k, d in defaults.items()}}
+
+
+def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two JSON configs."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in sorted(set(before) | set(after)):
+            out += changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")
+        return out
+    return [] if before == after else [prefix.rstrip(".") or "<root>"]
 
 
 def config_hash(cfg: Any) -> str:

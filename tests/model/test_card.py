@@ -33,7 +33,7 @@ def run(wiki_sample: Path, tmp_path_factory) -> tuple[Path, Path]:
     """A prepared corpus (the Wikipedia sample, 64-token blocks) and a tiny pretraining run on it."""
     import torch
 
-    from crammer.train.loop import pretrain
+    from crammer.pipeline.pretrain import pretrain
 
     root = tmp_path_factory.mktemp("card-run")
     corpus = prepare(CorpusConfig(sources=(f"{wiki_sample}::max_docs=300",), out=str(root / "data"),

@@ -20,9 +20,9 @@ import torch
 
 from crammer.cli import main
 from crammer.errors import CrammerError
-from crammer.pipeline.layout import RunLayout
 from crammer.pipeline.run import _glue_stage, make_run_config, recorded_config
-from crammer.pipeline.state import RunState, write_run_record
+from crammer.pipeline.state import write_run_record
+from crammer.runfiles import RunLayout, RunState
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -307,7 +307,7 @@ def test_glue_protocol_is_a_run_option_and_not_an_override(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="auto-sizing works on a GPU")
 def test_a_pretrained_run_continues_without_a_gpu_and_without_a_micro_batch(tmp_path):
     """GLUE and the report may run on a CPU machine after pretraining finished on a GPU."""
-    from crammer.train.files import SUMMARY_FILE
+    from crammer.runfiles import SUMMARY_FILE
 
     with pytest.raises(CrammerError, match="micro_batch must be set without a GPU"):
         make_run_config("crammed-bert", tmp_path)

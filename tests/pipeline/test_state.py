@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from crammer.errors import CrammerError
-from crammer.pipeline.state import RunState, versions, write_run_record
+from crammer.pipeline.state import versions, write_run_record
+from crammer.runfiles import RunState
 
 
 def test_run_record_refuses_a_different_config(tmp_path):

@@ -11,8 +11,8 @@ import torch
 
 from crammer.data.config import CorpusConfig
 from crammer.data.prepare import prepare
+from crammer.runfiles import training_rows, validation_rows
 from crammer.train.config import make_pretrain_config
-from crammer.train.files import training_rows, validation_rows
 
 
 @pytest.fixture(autouse=True)

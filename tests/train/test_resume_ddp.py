@@ -1,6 +1,8 @@
 """Runs that are interrupted, resumed, or spread over two processes reproduce the plain run."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,3 +135,48 @@ def test_two_process_gloo_run_matches_one_process_with_the_same_global_batch(cor
     ddp_val, single_val = validation(tmp_path / "ddp"), validation(tmp_path / "single")
     assert [r["step"] for r in ddp_val] == [r["step"] for r in single_val] and len(ddp_val) >= 2
     assert [r["val_loss"] for r in ddp_val] == pytest.approx([r["val_loss"] for r in single_val], rel=2e-3)
+
+
+# The keys of pretrain_config.json as crammer 0.1 (before the optimizer builder, commit 7ffd0b0) wrote them.
+CONFIG_KEYS_0_1 = {
+    "model": None, "model_overrides": None, "budget_seconds": None, "budget_tokens": None, "seed": None,
+    "precision": None, "tf32": None, "compile": None,
+    "optim": {"lr": None, "betas": None, "eps": None, "weight_decay": None, "grad_clip": None, "fused": None},
+    "schedule": {"lr": None, "peak": None, "initial": None, "decay": None},
+    "batch": {"micro_batch": None, "target": None, "ramp": None, "memory_fraction": None},
+    "masking": {"fraction": None, "replace_mask": None, "replace_random": None},
+    "data": {"order": None, "prefetch": None},
+    "checkpoint": {"every_seconds": None, "every_steps": None, "keep": None},
+    "eval": {"every_seconds": None, "every_steps": None, "max_share": None, "sequences": None},
+    "guard": {"max_nonfinite_in_a_row": None, "max_rollbacks": None},
+    "logging": {"every_steps": None, "tensorboard": None, "wandb": None, "wandb_project": None, "peak_tflops": None},
+}
+
+
+def _only_keys(config, layout):
+    return {k: _only_keys(v, layout[k]) if isinstance(layout[k], dict) else v
+            for k, v in config.items() if k in layout}
+
+
+def test_a_run_checkpointed_by_an_older_version_still_resumes(corpus, tmp_path):
+    """A run folder whose pretrain_config.json lacks the settings added since (written by crammer 0.1) resumes
+    from its last checkpoint, as the same run: the new settings at their defaults change nothing."""
+    cfg = tiny(["checkpoint.every_steps=4", "batch.target=16"], tokens=64 * 16 * 10)
+    plain = pretrain(cfg, corpus, tmp_path / "plain")
+    run = tmp_path / "old"
+    pretrain(cfg, corpus, run)
+    shutil.rmtree(run / "final")  # killed after its last checkpoint (step 8), before final/
+    saved = json.loads((run / "pretrain_config.json").read_text())
+    old = {**_only_keys(saved, CONFIG_KEYS_0_1), "config_hash": "written-by-0.1"}
+    assert old != {**saved, "config_hash": "written-by-0.1"}  # the layout did change since
+    (run / "pretrain_config.json").write_text(json.dumps(old))
+
+    final = pretrain(cfg, corpus, run, resume=True)
+    assert [r["step"] for r in metrics(run)] == [r["step"] for r in metrics(tmp_path / "plain")]
+    assert [loss for _, loss in losses(run)] == pytest.approx([loss for _, loss in losses(tmp_path / "plain")], rel=1e-4)
+    assert (final / "model.safetensors").read_bytes() == (plain / "model.safetensors").read_bytes()
+    changed = tiny(["checkpoint.every_steps=4", "batch.target=16", "optim.lr=1e-2"], tokens=64 * 16 * 10)
+    shutil.rmtree(run / "final")
+    (run / "pretrain_config.json").write_text(json.dumps(old))
+    with pytest.raises(CrammerError, match=r"different config \(optim\)"):
+        pretrain(changed, corpus, run, resume=True)

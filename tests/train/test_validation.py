@@ -18,7 +18,8 @@ from crammer.cli import main
 from crammer.data import PackedCorpus
 from crammer.train.checkpoint import STATE_FILE, list_checkpoints
 from crammer.train.config import MaskingConfig
-from crammer.train.loop import Pretrainer, pretrain
+from crammer.pipeline.pretrain import pretrain
+from crammer.train.loop import Pretrainer
 from crammer.train.metrics import wandb_run_id
 from crammer.train.validation import validate_model, validation_batches
 from tests.conftest import REPO_ROOT

@@ -76,16 +76,16 @@ def _glue(args: argparse.Namespace) -> int:
 def _update_model_card(model: str, results: dict, log) -> None:
     """A `cram pretrain` final/ folder's model card gains the GLUE table (other models are left as they are)."""
     from crammer.errors import CrammerError
-    from crammer.hub.card import facts_from_run_files, write_model_card
+    from crammer.hub.card import write_run_card
 
     folder = Path(model).expanduser()
     if not folder.is_dir():
         return
     try:
-        facts = facts_from_run_files(folder, glue_results=results)
+        path = write_run_card(folder, glue_results=results)
     except CrammerError:  # not the final/ folder of a finished pretraining run
         return
-    log(f"model card updated with the GLUE table: {write_model_card(folder, facts)}")
+    log(f"model card updated with the GLUE table: {path}")
 
 
 def _slug(model: str) -> str:

@@ -21,20 +21,12 @@ from crammer.errors import CrammerError
 from crammer.eval.config import GlueConfig
 from crammer.eval.finetune import model_identity, run_trial
 from crammer.eval.metrics import glue_numbers, glue_score, mean_score
-from crammer.eval.tasks import GLUE_SCORE_COLUMNS, TASKS, load_task, missing_files
+from crammer.eval.tasks import GLUE_SCORE_COLUMNS, REFERENCE_SCORES, TASKS, load_task, missing_files
 from crammer.eval.trials import (Job, TrialRunner, check_model, fmt, load_finished, protocol_line, run_pending,
                                  summarize_task, task_table, trial_path, write_results)
 from crammer.io import atomic_write_json, exclusive_folder
 
-__all__ = ["REFERENCE_SCORES", "evaluate_glue", "render_markdown", "summarize", "trial_path"]
-
-# GLUE dev averages (9 numbers, GLUE-sane rules) to compare against; per-task numbers are not reproduced.
-REFERENCE_SCORES = (
-    ("BERT-base, fully trained", 80.9),
-    ("crammed BERT, 1x A6000 for 24 h", 80.7),
-    ("BERT-base from scratch, 3060 Ti for 100 h", 72.7),
-)
-
+__all__ = ["evaluate_glue", "render_markdown", "summarize", "trial_path"]
 
 def evaluate_glue(model: str, config: GlueConfig, out_dir: str | Path, log: Callable[[str], None] = print,
                   runner: TrialRunner = run_trial) -> dict:
@@ -82,6 +74,8 @@ def summarize(model: str, config: GlueConfig, trials: dict[str, list[dict]]) -> 
         "config": to_dict(config),
         "tasks": tasks,
         "glue_numbers": numbers,
+        "columns": list(GLUE_SCORE_COLUMNS),  # so readers of results.json (the model card) need not import eval
+        "references": [list(row) for row in REFERENCE_SCORES],
         "glue_score": glue_score(numbers),
         "mean_over_tasks_run": mean_score(numbers),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -17,7 +17,7 @@ from crammer.data.config import PRESETS as CORPUS_PRESETS
 from crammer.data.manifest import MANIFEST, Manifest
 from crammer.errors import CrammerError
 from crammer.io import atomic_write_text, read_json
-from crammer.train.files import METRICS_FILE, SUMMARY_FILE, read_metrics, training_rows
+from crammer.runfiles import METRICS_FILE, SUMMARY_FILE, read_metrics, training_rows
 from crammer.units import duration, human
 
 CARD_FILE = "README.md"
@@ -202,23 +202,21 @@ def _glue_section(facts: ModelCardFacts) -> str:
     if not facts.glue:
         return ("## GLUE\n\nNot evaluated yet (`cram glue --model FOLDER` scores it; `cram run` does so and "
                 "rewrites this card).")
-    from crammer.eval.glue import REFERENCE_SCORES  # only here: train writes cards without importing eval
-    from crammer.eval.tasks import GLUE_SCORE_COLUMNS
-
-    glue = facts.glue
+    glue = facts.glue  # results.json names its columns and reference rows: the card reads files, not eval
     numbers = glue.get("glue_numbers", {})
+    columns = glue.get("columns") or list(numbers)
+    references = glue.get("references") or []
     fmt = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
     cfg = glue.get("config", {})
     trials = cfg.get("trials")
     lines = ["## GLUE (dev)", "",
              f"Fine-tuned with protocol `{glue.get('protocol')}`"
              + (f", median of {trials} trial(s) per task" if trials else "") + "; scores ×100.", "",
-             "| model | " + " | ".join(GLUE_SCORE_COLUMNS) + " | GLUE |",
-             "|---|" + "---:|" * (len(GLUE_SCORE_COLUMNS) + 1),
-             "| **this model** | " + " | ".join(fmt(numbers.get(c)) for c in GLUE_SCORE_COLUMNS)
+             "| model | " + " | ".join(columns) + " | GLUE |",
+             "|---|" + "---:|" * (len(columns) + 1),
+             "| **this model** | " + " | ".join(fmt(numbers.get(c)) for c in columns)
              + f" | **{fmt(glue.get('glue_score'))}** |"]
-    lines += [f"| {name} (reference) | " + " |" * len(GLUE_SCORE_COLUMNS) + f" {score} |"
-              for name, score in REFERENCE_SCORES]
+    lines += [f"| {name} (reference) | " + " |" * len(columns) + f" {score} |" for name, score in references]
     if glue.get("glue_score") is None:
         lines += ["", (f"Not every task ran: mean over the {len(numbers)} number(s) run = "
                        f"{fmt(glue.get('mean_over_tasks_run'))}.")]
@@ -353,3 +351,10 @@ def facts_from_run_files(final_dir: str | Path, corpus_dir: str | Path | None = 
         glue_results = read_json(glue_results)
     facts["glue"] = glue_results
     return _value({**facts, **overrides})
+
+
+def write_run_card(final_dir: str | Path, corpus_dir: str | Path | None = None,
+                   glue_results: Mapping[str, Any] | str | Path | None = None) -> Path:
+    """final/README.md from the run's files (see `facts_from_run_files`): what pretraining writes into final/, and
+    `cram glue`/`cram run` rewrite with the GLUE table."""
+    return write_model_card(final_dir, facts_from_run_files(final_dir, corpus_dir, glue_results))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from crammer.config import parse_value, pick_preset, split_assignment
 from crammer.errors import CrammerError
@@ -48,11 +48,14 @@ CONFIG_DEFAULTS: dict[str, Any] = {
 NULLABLE_KEYS = frozenset({"pad_token_id"})
 
 
-def parse_model_override(key: str, text: str) -> str:
-    """Check one `key=value` of the model config (a known key, a value of the key's type) and return it as
-    `model.KEY=VALUE` overrides store it, so that a typo fails when parsed, not when the model is built."""
-    _parse(key, text)
-    return f"{key}={text}"
+def parse_model_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`key=value` strings -> the typed settings they make (a known key, a value of the key's type); the one
+    parser of model overrides, so a typo fails the same way wherever they come from."""
+    settings = {}
+    for item in items:
+        key, value = split_assignment(item, "model override")
+        settings[key] = _parse(key, value)
+    return settings
 
 
 def _parse(key: str, text: str) -> Any:
@@ -68,16 +71,15 @@ def _parse(key: str, text: str) -> Any:
     return parse_value(text, type(default) if default is not None else str, f"model config {key}")
 
 
-def make_config(preset: str, vocab_size: int, overrides: Sequence[str] = ()) -> CrammedBertConfig:
+def make_config(preset: str, vocab_size: int, overrides: Sequence[str] | Mapping[str, Any] = ()) -> CrammedBertConfig:
     """The config of a named preset (see MODEL_PRESETS) for a tokenizer's vocabulary, with overrides.
 
     Overrides are `key=value` strings on config attributes, e.g. `num_hidden_layers=4` or
-    `position_embedding=rotary`; an unknown key or an invalid value is a one-line CrammerError.
+    `position_embedding=rotary` (an unknown key or an invalid value is a one-line CrammerError), or settings
+    already parsed by `parse_model_overrides` (`PretrainConfig.model_settings`).
     """
-    kwargs = {**pick_preset(MODEL_PRESETS, preset, "model preset"), "vocab_size": vocab_size}
-    for item in overrides:
-        key, value = split_assignment(item, "model override")
-        kwargs[key] = _parse(key, value)
+    settings = overrides if isinstance(overrides, Mapping) else parse_model_overrides(overrides)
+    kwargs = {**pick_preset(MODEL_PRESETS, preset, "model preset"), "vocab_size": vocab_size, **settings}
     try:
         return CrammedBertConfig(**kwargs)
     except ValueError as e:

@@ -1,4 +1,4 @@
-"""`cram run`: the whole chain in one resumable folder."""
+"""`cram run` (the whole chain in one resumable folder) and `cram pretrain` (pretraining and its model card)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,36 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_pretrain(sub)
+    _register_run(sub)
+
+
+def _register_pretrain(subparsers: argparse._SubParsersAction) -> None:
+    from crammer.train.config import PRESETS
+
+    p = subparsers.add_parser(
+        "pretrain",
+        help="pretrain a masked LM within a wall-clock (or token) budget",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Pretrain a crammed BERT on a prepared corpus; RUN_DIR/final is a Hugging Face folder.\n"
+        "Multi-GPU: torchrun --nproc_per_node=N -m crammer pretrain ...",
+        epilog="Overrides: key=value on any PretrainConfig field, e.g. optim.lr=5e-4 schedule.lr=wsd "
+        "batch.target=4096 data.order=shuffled checkpoint.every_seconds=600; model.X=... sets a model "
+        "config field, e.g. model.num_hidden_layers=8.",
+    )
+    p.add_argument("--data", required=True, metavar="DATA_DIR", help="a folder from `cram data prepare`")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (checkpoints, metrics, final/)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget", metavar="DURATION", help="wall-clock budget: 90s, 10m, 1.5h, 24h (default 24h)")
+    budget.add_argument("--budget-tokens", type=int, metavar="N", help="token budget instead (reproducible runs)")
+    p.add_argument("--preset", default="crammed-bert", choices=sorted(PRESETS), help="recipe (crammed-bert)")
+    p.add_argument("--micro-batch", type=int, metavar="N", help="sequences per forward (default: largest that fits)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=_pretrain)
+
+
+def _register_run(sub: argparse._SubParsersAction) -> None:
     from crammer.eval.config import PROTOCOLS
     from crammer.pipeline.presets import RUN_PRESETS
 
@@ -36,6 +66,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("overrides", nargs="*", metavar="STAGE.KEY=VALUE",
                      help="config overrides, e.g. data.vocab_size=16384 pretrain.optim.lr=5e-4 glue.epochs=3")
     run.set_defaults(func=_run)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from crammer.config import parse_duration
+    from crammer.pipeline.pretrain import pretrain
+    from crammer.train.config import make_pretrain_config
+    from crammer.train.loop import TrainingInterrupted
+
+    overrides = list(args.overrides)
+    if args.micro_batch is not None:
+        overrides.append(f"batch.micro_batch={args.micro_batch}")
+    cfg = make_pretrain_config(
+        args.preset, overrides,
+        budget_seconds=parse_duration(args.budget) if args.budget else None,
+        budget_tokens=args.budget_tokens,
+    )
+    try:
+        final = pretrain(cfg, args.data, args.out, resume=args.resume)
+    except TrainingInterrupted as e:
+        print(f"cram: {e}", file=sys.stderr)
+        return 128 + int(e.signum)  # the shell convention for "ended by signal N"
+    print(final)
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from crammer.config import apply_overrides, parse_duration, pick_preset, to_dict
+from crammer.config import apply_overrides, config_defaults, parse_duration, pick_preset, to_dict, with_defaults
 from crammer.data.config import PRESETS as DATA_PRESETS
 from crammer.data.config import CorpusConfig
 from crammer.data.prepare import is_up_to_date, prepare
@@ -28,20 +28,19 @@ from crammer.eval.config import GlueConfig, make_glue_config
 from crammer.eval.finetune import check_max_length
 from crammer.eval.glue import evaluate_glue, trial_path
 from crammer.eval.tasks import load_task, missing_files
-from crammer.hub.card import facts_from_run_files, write_model_card
+from crammer.hub.card import write_run_card
 from crammer.io import exclusive_folder, read_json
 from crammer.model import make_config
 from crammer.model.presets import check_positions
-from crammer.pipeline.layout import RunLayout, relative_to_run
 from crammer.pipeline.presets import RUN_PRESETS
-from crammer.pipeline.state import RunState, write_run_record
+from crammer.pipeline.pretrain import pretrain
+from crammer.pipeline.state import write_run_record
 from crammer.report.report import build_report
+from crammer.runfiles import SUMMARY_FILE, RunLayout, RunState, relative_to_run
 from crammer.runtime import resolve_device
 from crammer.train.checkpoint import latest_checkpoint
 from crammer.train.config import PRESETS as PRETRAIN_PRESETS
 from crammer.train.config import PretrainConfig
-from crammer.train.files import SUMMARY_FILE
-from crammer.train.loop import pretrain
 from crammer.train.setup import check_micro_batch
 
 
@@ -94,7 +93,7 @@ def check_run_config(config: RunConfig, out: Path) -> RunConfig:
     micro-batch on a machine that cannot auto-size one (unless `out` already holds the final model), and the
     GLUE device.
     """
-    model = make_config(config.pretrain.model, config.data.vocab_size, config.pretrain.model_overrides)
+    model = make_config(config.pretrain.model, config.data.vocab_size, config.pretrain.model_settings)
     model_name = f"the {config.pretrain.model!r} model preset"
     seq_len = config.data.seq_len
     check_positions(seq_len, model, "data.seq_len", model_name,
@@ -134,7 +133,8 @@ def _run_stages(config: RunConfig, layout: RunLayout, rank: int, command: Sequen
         layout.root.mkdir(parents=True, exist_ok=True)
         # Until a stage has finished, nothing in the folder depends on the config: a corrected command
         # (a typo fixed after a failed start) may take the folder over.
-        write_run_record(layout.root, recorded_config(config, layout.root), list(command), replace=not state.stages)
+        write_run_record(layout.root, recorded_config(config, layout.root), list(command), replace=not state.stages,
+                         defaults=config_defaults(RunConfig))
 
     data_dir = _data_stage(config, layout, state) if rank == 0 else _wait_for_data(config)
     final = _pretrain_stage(config, data_dir, layout, state, write_state=rank == 0)
@@ -174,7 +174,7 @@ def _pretrain_stage(config: RunConfig, data_dir: Path, layout: RunLayout, state:
     """Skipped when RUN_DIR/pretrain/final exists (it appears atomically, only when complete)."""
     summary = layout.final / SUMMARY_FILE
     if summary.is_file():
-        trained_with = read_json(summary).get("config")
+        trained_with = with_defaults(read_json(summary).get("config"), config_defaults(PretrainConfig))
         if trained_with != to_dict(config.pretrain):
             raise CrammerError(f"{summary}: the final model was trained with a different pretraining config "
                                "than this run's; use a new --out folder")
@@ -231,7 +231,7 @@ def _glue_stage(config: RunConfig, final: Path, layout: RunLayout, state: RunSta
             print(f"[glue] {task}: skipped: {why}")
     if reachable:
         results = evaluate_glue(str(final), dataclasses.replace(config.glue, tasks=tuple(reachable)), layout.glue)
-        write_model_card(final, facts_from_run_files(final, glue_results=results))  # the card gains the GLUE table
+        write_run_card(final, glue_results=results)  # the card gains the GLUE table
     state.finish("glue", time.monotonic() - started, tasks=reachable, skipped=skipped)
 
 

@@ -1,4 +1,5 @@
-"""The run folder's bookkeeping: which stages finished, how long each took, and on what software.
+"""Writing a run folder's bookkeeping: `RUN_DIR/run.json` and the software that produced a result (its
+names and `RunState`, the finished stages in `RUN_DIR/state.json`, live in `crammer.runfiles`).
 
 `RUN_DIR/run.json` holds the resolved run config (once a stage has finished, a later invocation with a
 different config is refused, so one folder is always one experiment) and `RUN_DIR/state.json` records each
@@ -13,17 +14,14 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crammer.config import changed_keys, with_defaults
 from crammer.errors import CrammerError
 from crammer.io import atomic_write_json, read_json
-from crammer.pipeline.layout import relative_to_run
+from crammer.runfiles import RUN_JSON, relative_to_run
 
-RUN_JSON = "run.json"
-STATE_JSON = "state.json"
-STAGES = ("data", "pretrain", "glue", "report")
 PATHS_KEY, PATHS_RELATIVE = "paths", "relative to the run folder"  # run.json: how its config holds paths
 _PACKAGES = ("crammer", "torch", "transformers", "tokenizers", "datasets", "numpy", "safetensors")
 
@@ -66,9 +64,11 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def write_run_record(run_dir: Path, config: dict[str, Any], command: list[str], replace: bool = False) -> dict[str, Any]:
+def write_run_record(run_dir: Path, config: dict[str, Any], command: list[str], replace: bool = False,
+                     defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """Create run.json, or check that an existing one describes the same config (`replace`: overwrite
-    a different one instead, for a folder where no stage has finished yet). `config` holds the paths inside
+    a different one instead, for a folder where no stage has finished yet; `defaults`: the config class's, which
+    fill in settings an older version did not record). `config` holds the paths inside
     the run folder relative to it (`data.out`), so a moved or copied folder keeps its config."""
     path = run_dir / RUN_JSON
     if path.exists():
@@ -76,10 +76,10 @@ def write_run_record(run_dir: Path, config: dict[str, Any], command: list[str], 
         if not isinstance(record, dict):
             raise CrammerError(f"{path}: not a run record (a JSON object expected, got {type(record).__name__})")
         old = _config_with_relative_paths(record, run_dir)
-        if old == config:
+        if with_defaults(old, defaults or {}) == config:
             return record
         if not replace:
-            diff = sorted(_diff_keys(old or {}, config))
+            diff = changed_keys(with_defaults(old or {}, defaults), config)
             raise CrammerError(
                 f"{path}: this run folder was started with a different config "
                 f"(differs in: {', '.join(diff[:8])}); use a new --out folder or the original options"
@@ -106,41 +106,3 @@ def _config_with_relative_paths(record: dict[str, Any], run_dir: Path) -> Any:
     else:
         recorded = relative_to_run(out, run_dir)
     return {**config, "data": {**data, "out": recorded}}
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".") or "<root>"]
-
-
-@dataclass
-class RunState:
-    """Finished stages of one run folder: name -> {seconds, finished, ...stage details}."""
-
-    run_dir: Path
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, run_dir: Path) -> "RunState":
-        path = Path(run_dir) / STATE_JSON
-        data = read_json(path) if path.exists() else {}
-        stages = data.get("stages", {})
-        if not isinstance(stages, dict):
-            raise CrammerError(f"{path}: field 'stages' must be an object")
-        return cls(Path(run_dir), stages)
-
-    def done(self, stage: str) -> bool:
-        return stage in self.stages
-
-    def finish(self, stage: str, seconds: float, **details: Any) -> None:
-        """Record a finished stage; a stage finished again (GLUE retrying skipped tasks) adds its time."""
-        seconds += self.stages.get(stage, {}).get("seconds", 0.0)
-        self.stages[stage] = {"seconds": seconds, "finished": time.time(), **details}
-        self.save()
-
-    def save(self) -> None:
-        atomic_write_json(self.run_dir / STATE_JSON, {"stages": self.stages})

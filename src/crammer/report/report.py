@@ -16,9 +16,8 @@ from typing import Any
 
 from crammer.data.manifest import MANIFEST, Manifest
 from crammer.errors import CrammerError
+from crammer.eval.tasks import REFERENCE_SCORES, TASKS
 from crammer.io import atomic_write_text, read_json
-from crammer.eval.glue import REFERENCE_SCORES
-from crammer.eval.tasks import TASKS
 from crammer.report.document import (
     Bullets,
     Code,
@@ -30,9 +29,8 @@ from crammer.report.document import (
     to_html,
     to_markdown,
 )
-from crammer.pipeline.layout import RunLayout
-from crammer.pipeline.state import RUN_JSON, RunState
-from crammer.train.files import METRICS_FILE, SUMMARY_FILE, read_metrics, training_rows, validation_rows
+from crammer.runfiles import (
+    METRICS_FILE, RUN_JSON, SUMMARY_FILE, RunLayout, RunState, read_metrics, training_rows, validation_rows)
 from crammer.train.plot import plot_run
 from crammer.units import duration, human
 

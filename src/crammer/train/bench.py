@@ -31,7 +31,8 @@ from crammer.runtime import resolve_device, should_compile, synchronize
 from crammer.train.config import make_pretrain_config
 from crammer.train.masking import MaskedBatch, MLMCollator
 from crammer.train.metrics import peak_flops
-from crammer.train.setup import Training, build_optimizer, build_training, model_config_for
+from crammer.train.optimizers import build_optimizer
+from crammer.train.setup import Training, build_training, model_config_for
 from crammer.train.step import TrainStep
 
 # A tokenizer trained by `cram data prepare` numbers its special tokens first, in this order.

@@ -28,7 +28,7 @@ from torch import nn
 
 from crammer.errors import CrammerError
 from crammer.io import atomic_dir, atomic_write_json, read_json, remove_stale_temps
-from crammer.train.files import CHECKPOINT_DIR
+from crammer.runfiles import CHECKPOINT_DIR
 
 STATE_FILE = "state.json"
 WEIGHTS = "model.safetensors"

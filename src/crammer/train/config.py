@@ -9,23 +9,26 @@ Defaults are the cramming paper's final recipe (Geiping & Goldstein, 2022). Ever
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
-from crammer.config import apply_overrides, check_literals, pick_preset, split_assignment
+from crammer.config import apply_overrides, check_literals, pick_preset
 from crammer.errors import CrammerError
 
 
-def _parse_model_override(key: str, value: str) -> str:
-    from crammer.model.presets import parse_model_override  # the model's own keys and types
-
-    return parse_model_override(key, value)
+def _route_model_override(key: str, value: str) -> str:
+    """`model.K=V` is kept as the `K=V` string the run's config records; `PretrainConfig.model_settings` parses
+    it (once), when the config is validated."""
+    return f"{key}={value}"
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW; weight decay applies to matrices only (not norms, biases or 1-d scales)."""
+    """The optimizer (`name`, built by crammer.train.optimizers); weight decay applies to matrices only (not
+    norms, biases or 1-d scales)."""
 
+    name: Literal["adamw"] = "adamw"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-12
@@ -131,11 +134,18 @@ class PretrainConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-    # `model.K=V` overrides: checked by the model's parser, stored in `model_overrides`.
-    OVERRIDE_ROUTES = {"model": ("model_overrides", _parse_model_override)}
+    # `model.K=V` overrides: stored in `model_overrides`, parsed by `model_settings`.
+    OVERRIDE_ROUTES = {"model": ("model_overrides", _route_model_override)}
 
     def __post_init__(self) -> None:
         check_literals(self, "pretrain config ")
+
+    @functools.cached_property
+    def model_settings(self) -> dict[str, Any]:
+        """`model_overrides` parsed by the model's own parser (its keys and types), once per config."""
+        from crammer.model.presets import parse_model_overrides
+
+        return parse_model_overrides(self.model_overrides)
 
     def validate(self) -> "PretrainConfig":
         """Raise a CrammerError naming the first field out of range (ranges may depend on each other, so
@@ -144,8 +154,7 @@ class PretrainConfig:
         from crammer.model.presets import MODEL_PRESETS
 
         pick_preset(MODEL_PRESETS, self.model, "model preset")
-        for item in self.model_overrides:
-            _parse_model_override(*split_assignment(item, "model override"))
+        self.model_settings  # noqa: B018 -- parsed here, so that a typo fails before any work
         if (self.budget_seconds is None) == (self.budget_tokens is None):
             raise CrammerError("set exactly one budget: budget_seconds (--budget) or budget_tokens (--budget-tokens)")
         checks = [

@@ -7,16 +7,16 @@ Each optimizer step:
    copying its loss / non-finite flag (all-reduced under DDP) to the host;
 3. `_collect` reads those results one step later, so the GPU never waits for the Python loop, and
    applies the NaN guard and logging;
-4. checkpoints (time- or step-based) and the stop check, which reads only the host clock.
+4. checkpoints and validation when `Pacing` says they are due, and the stop check, which reads only the
+   host clock.
 Under DDP, rank 0's clock and any rank's stop request travel in that same packet, so every rank
-takes the same lr, batch size and stopping step.
+takes the same lr, batch size and stopping step. What the loop runs is built by `crammer.train.setup.build_run`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import signal
 import sys
@@ -28,27 +28,22 @@ from typing import Any, Callable
 import torch
 
 from crammer.config import config_hash, to_dict
-from crammer.data import PackedCorpus
 from crammer.errors import CrammerError
-from crammer.hub.card import facts_from_run_files, write_model_card
-from crammer.io import atomic_dir, atomic_write_json, exclusive_folder, read_json
-from crammer.model import count_parameters, training_flops_per_token
+from crammer.io import atomic_dir, atomic_write_json, exclusive_folder
+from crammer.model import count_parameters
 from crammer.progress import no_transformers_bars
-from crammer.train.checkpoint import (checkpoint_path, file_digest, latest_checkpoint, list_checkpoints,
-                                      load_latest, save_checkpoint, set_rng_state)
+from crammer.runfiles import FINAL_DIR, SUMMARY_FILE
+from crammer.train.checkpoint import checkpoint_path, load_latest, save_checkpoint
 from crammer.train.config import PretrainConfig
-from crammer.train.distributed import Distributed
-from crammer.train.files import CONFIG_FILE, FINAL_DIR, SUMMARY_FILE
 from crammer.train.guard import NonFiniteGuard
-from crammer.train.loader import BatchStream
-from crammer.train.logger import StepLogger
+from crammer.train.resume import check_same_recipe, corpus_record
 from crammer.train.schedules import accumulation_steps, lr_multiplier
-from crammer.train.setup import build_training, model_config_for
-from crammer.train.state import Budget, BudgetClock, LaunchedStep, TrainState
-from crammer.train.validation import ValidationResult, Validator, validation_batches
+from crammer.train.setup import build_run
+from crammer.train.state import BudgetClock, LaunchedStep
+from crammer.train.validation import ValidationResult
 
-# Sections that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {"checkpoint", "logging", "data", "eval"}
+# Writes a model card into a final/ folder (being written), given the corpus the model was trained on.
+ModelCardWriter = Callable[[Path, Path], Any]
 
 
 class TrainingInterrupted(CrammerError):
@@ -60,85 +55,34 @@ class TrainingInterrupted(CrammerError):
 
 
 class Pretrainer:
-    """One run (one rank under DDP): set up in `__init__`, trained by `run`.
+    """One run (one rank under DDP): built by `build_run`, trained by `run`.
 
-    `now` is the clock the budget is measured with (a fake one in tests).
+    `now` is the clock the budget is measured with (a fake one in tests); `model_card` writes final/'s model
+    card (the caller's: training does not know how cards are written).
     """
 
     def __init__(self, cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-                 now: Callable[[], float] = time.monotonic):
-        self.clock = BudgetClock(now)  # start-up and compilation count against the budget
-        self.cfg = cfg.validate()
-        self.budget = Budget(cfg.budget_seconds, cfg.budget_tokens)
-        self.run_dir = Path(out_dir)
-        self.dist = Distributed.from_env()
-        self.device = self.dist.device
-        self.corpus = PackedCorpus(data_dir)
-        model_config = model_config_for(cfg, self.corpus.vocab_size, self.corpus.seq_len,
-                                        f"{self.corpus.path}: corpus seq_len")
-        resume = self._claim_run_dir(resume)
-        self.corpus_record = corpus_record(self.corpus)
-
-        training = build_training(cfg, model_config, self.corpus.special_tokens, self.device)
-        self.model, self.optimizer, self.precision = training.model, training.optimizer, training.precision
-        self.state = TrainState()
-        step_state: dict[str, Any] = {}
-        self.corpora = [{"from_step": 0, **self.corpus_record}]  # the corpora this run trained on, in order
-        loaded = load_latest(self.run_dir, self.model, self.optimizer, self.device) if resume else None
-        if loaded:
-            checkpoint, saved, step_state = loaded
-            self._check_same_corpus(checkpoint, saved)
-            self.state.load_state_dict(saved)
-            self.clock.spent_before = saved["elapsed"]
-            self.micro_batch = self._rescaled_micro_batch(checkpoint, saved)
-            set_rng_state(step_state.pop("rng"))
-        else:
-            target = max(1, cfg.batch.target // self.dist.world_size)
-            self.micro_batch = self.dist.min_over_ranks(training.micro_batch(self.corpus.seq_len, target))
-            if self.dist.is_main and not cfg.batch.micro_batch:
-                print(f"cram: micro-batch {self.micro_batch} (fits {cfg.batch.memory_fraction:.0%} of GPU memory; "
-                      f"divides the {cfg.batch.target}-sequence batch evenly)", file=sys.stderr)
-        training.compile()
-        self.train_model: torch.nn.Module = self.model
-        if self.dist.world_size > 1:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.train_step = training.step(self.train_model)
-        self.train_step.load_state_dict(step_state)
-        self.tokenizer = self.corpus.tokenizer()  # saved with every checkpoint and with final/
-        self.validator = self._validator(training.collator.cfg)
+                 now: Callable[[], float] = time.monotonic, model_card: ModelCardWriter | None = None):
+        parts = build_run(cfg, data_dir, Path(out_dir), resume, BudgetClock(now))  # start-up counts too
+        self.cfg, self.run_dir, self.dist, self.corpus = parts.cfg, parts.run_dir, parts.dist, parts.corpus
+        self.model, self.optimizer = parts.training.model, parts.training.optimizer  # the plain module
+        self.precision, self.device, self.tokenizer = parts.training.precision, parts.dist.device, parts.tokenizer
+        self.state, self.micro_batch, self.corpora = parts.state, parts.micro_batch, parts.corpora
+        self.train_step, self.validator, self.logger = parts.train_step, parts.validator, parts.logger
+        self.pacing, self.clock, self.stream = parts.pacing, parts.pacing.clock, parts.stream
+        self.corpus_record = corpus_record(self.corpus)  # what each checkpoint remembers of the corpus
+        self.model_card = model_card
+        self.guard = NonFiniteGuard(self.cfg.guard, self.state)
+        self.lr_at = lr_multiplier(self.cfg.schedule)
         self.last_validation: ValidationResult | None = None
-
-        self.guard = NonFiniteGuard(cfg.guard, self.state)
-        self.lr_at = lr_multiplier(cfg.schedule)
-        self.logger = StepLogger(
-            self.run_dir, cfg.logging, self.dist.is_main, to_dict(cfg), self.device,
-            training_flops_per_token(model_config, self.corpus.seq_len, cfg.masking.fraction),
-            self.dist.world_size, self.budget)
-        self.logger.resume_after(self.state.step)
-        try:  # last: the stream starts a prefetch thread, and nothing after it can fail
-            self.stream = BatchStream(
-                self.corpus, training.collator, self.micro_batch, order=cfg.data.order, seed=cfg.seed,
-                position=self.state.position, rank=self.dist.rank, world_size=self.dist.world_size,
-                prefetch=cfg.data.prefetch, pin_memory=self.device.type == "cuda",
-            )
-        except BaseException:
-            self.logger.close()
-            raise
-        self.shared_elapsed = self.clock.spent_before  # under DDP: rank 0's clock as of the last collected step
         self.signal_received: int | None = None  # this process was signalled
         self.agreed_signal: int | None = None  # some rank was signalled, as seen by all ranks
-        self.last_checkpoint_clock = 0.0  # set when the run starts
-        self.last_eval_clock = 0.0
-        self.last_validation_seconds: float | None = None
-        self.micro_batch_seconds: float | None = None  # measured between step starts, for the deadline
-        self.last_step_start: tuple[float, int] | None = None  # (agreed clock, micro-batches) of the last step
 
     # ----------------------------------------------------------------------------------- the loop
     def run(self) -> Path:
         handlers = self._install_signal_handlers()
         self.logger.start(self.clock.now(), self.state.tokens)
-        self.last_checkpoint_clock = self.last_eval_clock = self.agreed_elapsed()
+        self.pacing.start()
         in_flight: LaunchedStep | None = None
         try:
             while not self._ending():
@@ -146,13 +90,13 @@ class Pretrainer:
                 if in_flight is not None:
                     self._collect(in_flight)  # ... while the host reads step N-1's results
                 in_flight = launched
-                checkpoint, validation = self._checkpoint_due(), self._validation_due()
+                checkpoint, validation = self.pacing.checkpoint_due(self.state.step), self._evaluation_due()
                 if checkpoint or validation:
                     self._collect(in_flight)
                     in_flight = None
                     if not self._ending():  # else the final ones (or the stop checkpoint) come next anyway
                         if validation:
-                            self.validate()
+                            self.evaluate()
                         if checkpoint:
                             self.save_checkpoint()
             if in_flight is not None:
@@ -163,7 +107,7 @@ class Pretrainer:
                 raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} at step {self.state.step}; "
                                           f"checkpoint {path}; continue with --resume", signum)
             if self.validator is not None:
-                self.validate()
+                self.evaluate()
             return self.save_final()
         finally:
             self.stream.close()
@@ -176,7 +120,8 @@ class Pretrainer:
         """Queue one optimizer step and the asynchronous copy of its results to the host."""
         progress = self.progress()
         lr = self.cfg.optim.lr * self.lr_at(progress)
-        accumulation = self._accumulation(progress)
+        ramp = accumulation_steps(progress, self.cfg.batch, self.micro_batch, self.dist.world_size)
+        accumulation = self.pacing.micro_batches(ramp, self.state.step)
         non_blocking = self.device.type == "cuda"
         batches = [next(self.stream).to(self.device, non_blocking=non_blocking) for _ in range(accumulation)]
         out = self.train_step(batches, lr)
@@ -207,7 +152,7 @@ class Pretrainer:
             launched.event.synchronize()
         loss_sum, nonfinite, elapsed, votes, grad_norm_sum = launched.packet.tolist()
         world = self.dist.world_size
-        self.shared_elapsed = elapsed
+        self.pacing.shared_elapsed = elapsed
         if votes > 0:
             self.agreed_signal = self.signal_received or signal.SIGTERM
         action = self.guard.update(nonfinite > 0)
@@ -223,88 +168,35 @@ class Pretrainer:
             self.logger.log(launched, grad_norm_sum / world, self.clock.elapsed(), self.state, self.micro_batch,
                             self.progress())
 
-    def _accumulation(self, progress: float) -> int:
-        """Micro-batches in this step: the batch ramp's, trimmed near a wall-clock deadline so the run ends
-        at most about one micro-batch late (a full step can take many seconds on a small GPU or a CPU).
-
-        Seconds per micro-batch come from the agreed clock between step starts (the same on every rank),
-        skipping the first steps, which include compilation.
-        """
-        accumulation = accumulation_steps(progress, self.cfg.batch, self.micro_batch, self.dist.world_size)
-        now = self.agreed_elapsed()
-        if self.last_step_start is not None and self.state.step > 2:
-            started, micro_batches = self.last_step_start
-            self.micro_batch_seconds = (now - started) / micro_batches
-        if self.budget.seconds is not None and self.micro_batch_seconds:
-            left = self.budget.seconds - now
-            accumulation = max(1, min(accumulation, math.ceil(left / self.micro_batch_seconds)))
-        self.last_step_start = (now, accumulation)
-        return accumulation
-
     def _roll_back(self, step: int) -> None:
         loaded = load_latest(self.run_dir, self.model, self.optimizer, self.device)
         if loaded is None:
             raise CrammerError(f"loss not finite for {self.cfg.guard.max_nonfinite_in_a_row} steps in a row at "
                                f"step {step} and no checkpoint to roll back to; lower optim.lr or check the data")
-        path = loaded[0]
         if self.dist.is_main:
-            print(f"cram: non-finite loss at step {step}: rolled back weights and optimizer to {path}; "
+            print(f"cram: non-finite loss at step {step}: rolled back weights and optimizer to {loaded[0]}; "
                   "the data position moves on", file=sys.stderr)
 
     # ----------------------------------------------------------------------------------- validation
-    def _validator(self, masking) -> Validator | None:
-        """The fixed validation subset, or None (turned off, or a corpus without a validation split)."""
-        if not self.cfg.eval.enabled:
-            return None
-        if not self.corpus.has_validation:
-            if self.dist.is_main:
-                print(f"cram: {self.corpus.path} has no validation split (prepared before it existed, or with "
-                      "--validation-sequences 0): validation is skipped", file=sys.stderr)
-            return None
-        batches = validation_batches(self.corpus, masking, self.cfg.eval.sequences, self.micro_batch)
-        return Validator(batches, self.device, self.precision, self.dist.rank, self.dist.world_size)
+    def _evaluation_due(self) -> bool:
+        """Only agreed values decide, so all DDP ranks evaluate together."""
+        return self.validator is not None and self.pacing.evaluation_due(
+            self.state.step, self.state.eval_seconds, self.validator.batches_per_rank)
 
-    def _validation_due(self) -> bool:
-        """every_steps, every_seconds, or (every_seconds=None) whenever one more evaluation keeps their share of
-        the elapsed budget within max_share. Only agreed values decide, so all DDP ranks evaluate together."""
-        ev = self.cfg.eval
-        if self.validator is None:
-            return False
-        if ev.every_steps and self.state.step % ev.every_steps == 0:
-            return True
-        if ev.every_seconds is not None:
-            return ev.every_seconds > 0 and self.agreed_elapsed() - self.last_eval_clock >= ev.every_seconds
-        estimate = self._validation_estimate()
-        return estimate is not None and self.state.eval_seconds + estimate <= ev.max_share * self.agreed_elapsed()
-
-    def _validation_estimate(self) -> float | None:
-        """Seconds the next evaluation will take: as long as the last one, or before any, a forward pass of the
-        subset at half the measured cost per training micro-batch (forward and backward; on the safe side)."""
-        if self.last_validation_seconds is not None:
-            return self.last_validation_seconds
-        if not self.micro_batch_seconds:
-            return None
-        return self.validator.batches_per_rank * self.micro_batch_seconds / 2
-
-    def validate(self) -> ValidationResult:
+    def evaluate(self) -> ValidationResult:
         """Evaluate on the validation subset, count the time against the budget, log it."""
         started = self.clock.now()
         result = self.validator(self.model)
         seconds = self.dist.max_over_ranks(self.clock.now() - started)
-        self.last_validation_seconds = seconds
         self.state.eval_seconds += seconds
-        self.last_eval_clock = self.agreed_elapsed()
+        self.pacing.evaluated(seconds)
         self.last_validation = result
         self.logger.log_validation(self.state, result, self.clock.elapsed(), self.progress())
         return result
 
-    # ----------------------------------------------------------------------------------- the budget
-    def agreed_elapsed(self) -> float:
-        """The elapsed budget every rank agrees on: under DDP rank 0's, one step old."""
-        return self.clock.elapsed() if self.dist.world_size == 1 else self.shared_elapsed
-
+    # ----------------------------------------------------------------------------------- stopping
     def progress(self) -> float:
-        return self.budget.progress(self.agreed_elapsed(), self.state.tokens)
+        return self.pacing.progress(self.state.tokens)
 
     def _stop_requested(self) -> bool:
         # Under DDP a signal counts once it has travelled through a step packet, so all ranks agree.
@@ -312,12 +204,6 @@ class Pretrainer:
 
     def _ending(self) -> bool:
         return self.progress() >= 1.0 or self._stop_requested()
-
-    def _checkpoint_due(self) -> bool:
-        ck = self.cfg.checkpoint
-        if ck.every_steps and self.state.step % ck.every_steps == 0:
-            return True
-        return bool(ck.every_seconds) and self.agreed_elapsed() - self.last_checkpoint_clock >= ck.every_seconds
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         """SIGTERM/SIGINT finish the current step, checkpoint and exit (main thread only)."""
@@ -329,49 +215,9 @@ class Pretrainer:
 
         return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
-    # ----------------------------------------------------------------------------------- set-up and saving
-    def _claim_run_dir(self, resume: bool) -> bool:
-        """Write the run's config; whether there are checkpoints to resume from."""
-        checkpoints = list_checkpoints(self.run_dir)
-        if not resume:
-            if latest_checkpoint(self.run_dir) or (self.run_dir / FINAL_DIR).exists():
-                raise CrammerError(f"{self.run_dir} already holds a run; pass --resume or choose another --out")
-        else:
-            check_same_recipe(self.run_dir, self.cfg)
-        if self.dist.is_main:
-            atomic_write_json(self.run_dir / CONFIG_FILE, {**to_dict(self.cfg), "config_hash": config_hash(self.cfg)})
-        if resume and not checkpoints and self.dist.is_main:
-            print(f"cram: no checkpoint in {self.run_dir}; starting from scratch", file=sys.stderr)
-        return resume and bool(checkpoints)
-
-    def _check_same_corpus(self, checkpoint: Path, saved: dict[str, Any]) -> None:
-        """Token ids must keep their meaning across a resume: the tokenizer and the block length must be the
-        checkpoint's. Another corpus with the same tokenizer is allowed, and recorded."""
-        before = saved.get("corpus")
-        self.corpora = saved.get("corpora", self.corpora)
-        if before is None:  # a checkpoint from before corpora were recorded: nothing to compare
-            return
-        for key, what in (("tokenizer_sha256", "tokenizer"), ("seq_len", "sequence length")):
-            if before[key] != self.corpus_record[key]:
-                raise CrammerError(f"{self.corpus.path}: its {what} differs from the one {checkpoint} was trained "
-                                   f"with ({before['path']}); resume on a corpus prepared with the same tokenizer "
-                                   "(--tokenizer) and --seq-len, or start a new run")
-        if before["recipe"] != self.corpus_record["recipe"] or before["path"] != self.corpus_record["path"]:
-            self.corpora = [*self.corpora, {"from_step": saved["step"], **self.corpus_record}]
-            if self.dist.is_main:
-                print(f"cram: resuming on another corpus with the same tokenizer: {self.corpus.path} "
-                      f"(from step {saved['step']}; was {before['path']})", file=sys.stderr)
-
-    def _rescaled_micro_batch(self, checkpoint: Path, saved: dict[str, Any]) -> int:
-        """The checkpoint's global micro-batch split over this job's ranks (so the data stream continues)."""
-        world = self.dist.world_size
-        if saved["world_size"] * saved["micro_batch"] % world:
-            raise CrammerError(f"{checkpoint}: global micro-batch {saved['world_size']}x{saved['micro_batch']} "
-                               f"cannot be split over {world} ranks")
-        return saved["world_size"] * saved["micro_batch"] // world
-
+    # ----------------------------------------------------------------------------------- saving
     def save_checkpoint(self) -> Path:
-        self.last_checkpoint_clock = self.agreed_elapsed()
+        self.pacing.checkpointed()
         path = checkpoint_path(self.run_dir, self.state.step)
         if self.dist.is_main:
             state = {**self.state.state_dict(), "elapsed": self.clock.elapsed(), "micro_batch": self.micro_batch,
@@ -406,36 +252,20 @@ class Pretrainer:
                     "eval_seconds": self.state.eval_seconds, "eval_share": self.state.eval_seconds / max(elapsed, 1e-9),
                     "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU",
                 })
-                write_model_card(tmp, facts_from_run_files(tmp, self.corpus.path))  # GLUE adds its table later
+                if self.model_card is not None:
+                    self.model_card(tmp, self.corpus.path)  # inside final/'s staging folder: it appears complete
             print(f"cram: pretrained {self.state.step} steps, {self.state.tokens:,} tokens in "
                   f"{self.clock.elapsed():.0f}s -> {final}", file=sys.stderr)
         self.dist.barrier()
         return final
 
 
-def corpus_record(corpus: PackedCorpus) -> dict[str, Any]:
-    """What a checkpoint remembers of the corpus it was trained on."""
-    return {"path": str(corpus.path), "recipe": corpus.manifest.config_hash, "seq_len": corpus.seq_len,
-            "tokenizer_sha256": file_digest(corpus.path / "tokenizer.json")}
-
-
-def check_same_recipe(run_dir: Path, cfg: PretrainConfig) -> None:
-    """--resume may change only RESUMABLE_CHANGES: anything else would make a different run."""
-    config_path = Path(run_dir) / CONFIG_FILE
-    if not config_path.is_file():
-        return
-    saved = read_json(config_path)
-    current = to_dict(cfg)
-    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
-    if changed:
-        raise CrammerError(f"{config_path}: --resume with a different config ({', '.join(changed)}); "
-                           "use the original settings or a new --out")
-
-
-def pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False) -> Path:
+def pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
+             model_card: ModelCardWriter | None = None) -> Path:
     """Pretrain within the budget; return RUN_DIR/final. Raises TrainingInterrupted on SIGTERM/SIGINT.
 
-    Resuming a finished run returns its final/ untouched: training again would overwrite it.
+    Resuming a finished run returns its final/ untouched: training again would overwrite it. `model_card`
+    writes final/README.md (`crammer.pipeline.pretrain` passes the Hugging Face card of `crammer.hub`).
     """
     final = Path(out_dir) / FINAL_DIR
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -446,4 +276,4 @@ def pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path, res
             if main_rank:
                 print(f"cram: {out_dir} already finished; the final model is in {final}", file=sys.stderr)
             return final
-        return Pretrainer(cfg, data_dir, out_dir, resume).run()
+        return Pretrainer(cfg, data_dir, out_dir, resume, model_card=model_card).run()

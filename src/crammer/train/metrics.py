@@ -17,8 +17,8 @@ import torch
 
 from crammer.errors import CrammerError
 from crammer.io import atomic_write_text, disk_full_as_error
+from crammer.runfiles import METRICS_FILE, read_metrics
 from crammer.train.config import LoggingConfig
-from crammer.train.files import METRICS_FILE, read_metrics
 
 # Dense tensor-core peaks (FLOP/s) of what autocast runs: bf16, or fp16 with fp32 accumulation where
 # there is no bf16 (Volta, Turing); GeForce cards accumulate in fp32 at half their fp16-accumulate rate.

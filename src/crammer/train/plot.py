@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from crammer.errors import CrammerError  # noqa: E402
 from crammer.io import atomic_path  # noqa: E402
-from crammer.train.files import METRICS_FILE, read_metrics  # noqa: E402
+from crammer.runfiles import METRICS_FILE, read_metrics  # noqa: E402
 
 # file name -> (title, [(metric key, label, scale)])
 PLOTS: dict[str, tuple[str, list[tuple[str, str, float]]]] = {

@@ -1,30 +1,44 @@
 """Everything a training step needs, built one way for `cram pretrain`, `cram bench` and `cram plan`: the
-model config checked against the data, backends, precision, model, AdamW, masking, micro-batch, step.
+model config checked against the data, backends, precision, model, optimizer, masking, micro-batch, step
+(`build_training`); and for `cram pretrain` everything around it, in the order that matters (`build_run`).
 Each check and each of its error messages lives here once.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from crammer.config import to_dict
+from crammer.data import PackedCorpus
 from crammer.errors import CrammerError
-from crammer.model import CrammedBertConfig, CrammedBertForMaskedLM, make_config
+from crammer.model import CrammedBertConfig, CrammedBertForMaskedLM, make_config, training_flops_per_token
 from crammer.model.presets import check_positions
-from crammer.runtime import configure_backends, parameter_groups, resolve_precision, should_compile
-from crammer.train.config import OptimConfig, PretrainConfig
+from crammer.runtime import configure_backends, resolve_precision, should_compile
+from crammer.train.checkpoint import load_latest, set_rng_state
+from crammer.train.config import PretrainConfig
+from crammer.train.distributed import Distributed
+from crammer.train.loader import BatchStream
+from crammer.train.logger import StepLogger
 from crammer.train.masking import MLMCollator
+from crammer.train.optimizers import build_optimizer
+from crammer.train.resume import claim_run_dir, corpora_after_resume, corpus_record, rescaled_micro_batch
 from crammer.train.sizing import auto_micro_batch, cuda_memory_probe
+from crammer.train.state import Budget, BudgetClock, Pacing, TrainState
 from crammer.train.step import TrainStep
+from crammer.train.validation import Validator, validation_batches
 
 
 def model_config_for(cfg: PretrainConfig, vocab_size: int, seq_len: int, setting: str) -> CrammedBertConfig:
     """The config's model for a vocabulary, checked against the sequence length it will see (`setting` names
     where that length comes from) before anything is built: too long a sequence would otherwise fail in the
     first forward pass, after minutes of compiling on a GPU."""
-    config = make_config(cfg.model, vocab_size, cfg.model_overrides)
+    config = make_config(cfg.model, vocab_size, cfg.model_settings)
     check_positions(seq_len, config, setting, f"the {cfg.model!r} model",
                     f"pass model.max_position_embeddings={seq_len} or use sequences of at most {{limit}} tokens")
     return config
@@ -38,12 +52,6 @@ def check_micro_batch(cfg: PretrainConfig, cuda: bool, prefix: str = "") -> None
                            f"e.g. {prefix}batch.micro_batch=16")
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=cfg.fused
-    )
-
-
 @dataclass
 class Training:
     """The pieces of pretraining one config builds; `model` is the plain module (not compiled by `step`,
@@ -53,7 +61,7 @@ class Training:
     device: torch.device
     precision: str
     model: CrammedBertForMaskedLM
-    optimizer: torch.optim.AdamW
+    optimizer: torch.optim.Optimizer
     collator: MLMCollator
 
     def micro_batch(self, seq_len: int, target: int | None = None, memory_fraction: float | None = None) -> int:
@@ -86,10 +94,99 @@ class Training:
 
 def build_training(cfg: PretrainConfig, model_config: CrammedBertConfig, special_tokens: dict[str, int],
                    device: torch.device) -> Training:
-    """Backends, precision, the model initialised from `cfg.seed` on `device`, its AdamW, the MLM masking."""
+    """Backends, precision, the model initialised from `cfg.seed` on `device`, its optimizer, the MLM masking."""
     configure_backends(cfg.tf32)
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model = CrammedBertForMaskedLM(model_config).to(device)
     collator = MLMCollator(cfg.masking, model_config.vocab_size, special_tokens)
     return Training(cfg, device, precision, model, build_optimizer(model, cfg.optim), collator)
+
+
+@dataclass
+class RunParts:
+    """Everything one pretraining run (one rank under DDP) is made of, built by `build_run`."""
+
+    cfg: PretrainConfig
+    run_dir: Path
+    dist: Distributed
+    corpus: PackedCorpus
+    corpora: list[dict[str, Any]]  # the corpora this run trained on, in order (see crammer.train.resume)
+    training: Training
+    state: TrainState
+    micro_batch: int
+    train_step: TrainStep  # over the compiled and/or DDP-wrapped model
+    tokenizer: Any  # saved with every checkpoint and with final/
+    validator: Validator | None
+    logger: StepLogger
+    pacing: Pacing
+    stream: BatchStream
+
+
+def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: bool, clock: BudgetClock
+              ) -> RunParts:
+    """A run, set up in the order that matters: the model config is checked against the corpus before the
+    folder is claimed; the micro-batch is sized in eager mode before compiling, and compiled before the DDP
+    wrapper; a checkpoint restores weights, optimizer, counters, clock and random state; the data stream,
+    whose prefetch thread nothing after it may leave running, starts last."""
+    cfg = cfg.validate()
+    dist = Distributed.from_env()
+    corpus = PackedCorpus(data_dir)
+    model_config = model_config_for(cfg, corpus.vocab_size, corpus.seq_len, f"{corpus.path}: corpus seq_len")
+    resume = claim_run_dir(run_dir, cfg, resume, dist.is_main)
+
+    training = build_training(cfg, model_config, corpus.special_tokens, dist.device)
+    state, step_state = TrainState(), {}
+    loaded = load_latest(run_dir, training.model, training.optimizer, dist.device) if resume else None
+    if loaded:
+        checkpoint, saved, step_state = loaded
+        corpora = corpora_after_resume(corpus, checkpoint, saved, dist.is_main)
+        state.load_state_dict(saved)
+        clock.spent_before = saved["elapsed"]
+        micro_batch = rescaled_micro_batch(checkpoint, saved, dist.world_size)
+        set_rng_state(step_state.pop("rng"))
+    else:
+        corpora = [{"from_step": 0, **corpus_record(corpus)}]
+        target = max(1, cfg.batch.target // dist.world_size)
+        micro_batch = dist.min_over_ranks(training.micro_batch(corpus.seq_len, target))
+        if dist.is_main and not cfg.batch.micro_batch:
+            print(f"cram: micro-batch {micro_batch} (fits {cfg.batch.memory_fraction:.0%} of GPU memory; "
+                  f"divides the {cfg.batch.target}-sequence batch evenly)", file=sys.stderr)
+    training.compile()
+    train_model: nn.Module = training.model
+    if dist.world_size > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            training.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    train_step = training.step(train_model)
+    train_step.load_state_dict(step_state)
+
+    validator = _validator(cfg, corpus, training, micro_batch, dist)
+    budget = Budget(cfg.budget_seconds, cfg.budget_tokens)
+    logger = StepLogger(run_dir, cfg.logging, dist.is_main, to_dict(cfg), dist.device,
+                        training_flops_per_token(model_config, corpus.seq_len, cfg.masking.fraction),
+                        dist.world_size, budget)
+    logger.resume_after(state.step)
+    pacing = Pacing(budget, clock, cfg.checkpoint, cfg.eval, dist.world_size)
+    try:
+        stream = BatchStream(corpus, training.collator, micro_batch, order=cfg.data.order, seed=cfg.seed,
+                             position=state.position, rank=dist.rank, world_size=dist.world_size,
+                             prefetch=cfg.data.prefetch, pin_memory=dist.device.type == "cuda")
+    except BaseException:
+        logger.close()
+        raise
+    return RunParts(cfg, run_dir, dist, corpus, corpora, training, state, micro_batch, train_step,
+                    corpus.tokenizer(), validator, logger, pacing, stream)
+
+
+def _validator(cfg: PretrainConfig, corpus: PackedCorpus, training: Training, micro_batch: int,
+               dist: Distributed) -> Validator | None:
+    """The fixed validation subset, or None (turned off, or a corpus without a validation split)."""
+    if not cfg.eval.enabled:
+        return None
+    if not corpus.has_validation:
+        if dist.is_main:
+            print(f"cram: {corpus.path} has no validation split (prepared before it existed, or with "
+                  "--validation-sequences 0): validation is skipped", file=sys.stderr)
+        return None
+    batches = validation_batches(corpus, training.collator.cfg, cfg.eval.sequences, micro_batch)
+    return Validator(batches, dist.device, training.precision, dist.rank, dist.world_size)

@@ -1,11 +1,15 @@
-"""What a run carries from step to step and across `--resume`: the counters, the budget and its clock."""
+"""What a run carries from step to step and across `--resume`: the counters, the budget and its clock, and the
+pacing that decides from that clock when each thing is due."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from crammer.train.config import CheckpointConfig, EvalConfig
 
 
 @dataclass
@@ -56,6 +60,80 @@ class Budget:
         if self.tokens is not None:
             return (self.tokens - tokens) / tokens_per_s if tokens_per_s > 0 else None
         return max(self.seconds - elapsed, 0.0)
+
+
+class Pacing:
+    """When things happen in a budgeted run, decided from the budget clock every rank agrees on (under DDP rank
+    0's, which travels in each step's packet, one step old): the budget's progress, whether a checkpoint or an
+    evaluation is due, and how many micro-batches still fit before a wall-clock deadline."""
+
+    def __init__(self, budget: Budget, clock: BudgetClock, checkpoint: CheckpointConfig, evaluation: EvalConfig,
+                 world_size: int = 1):
+        self.budget, self.clock = budget, clock
+        self.checkpoint, self.evaluation = checkpoint, evaluation
+        self.world_size = world_size
+        self.shared_elapsed = clock.spent_before  # rank 0's clock as of the last collected step (DDP)
+        self.last_checkpoint = self.last_evaluation = 0.0  # agreed clock; set when the loop starts
+        self.evaluation_seconds: float | None = None  # how long the last evaluation took
+        self.micro_batch_seconds: float | None = None  # measured between step starts, for the deadline
+        self.last_step_start: tuple[float, int] | None = None  # (agreed clock, micro-batches) of the last step
+
+    def elapsed(self) -> float:
+        """The elapsed budget every rank agrees on."""
+        return self.clock.elapsed() if self.world_size == 1 else self.shared_elapsed
+
+    def progress(self, tokens: int) -> float:
+        return self.budget.progress(self.elapsed(), tokens)
+
+    def start(self) -> None:
+        self.last_checkpoint = self.last_evaluation = self.elapsed()
+
+    def checkpoint_due(self, step: int) -> bool:
+        ck = self.checkpoint
+        if ck.every_steps and step % ck.every_steps == 0:
+            return True
+        return bool(ck.every_seconds) and self.elapsed() - self.last_checkpoint >= ck.every_seconds
+
+    def checkpointed(self) -> None:
+        self.last_checkpoint = self.elapsed()
+
+    def evaluation_due(self, step: int, eval_seconds: float, batches_per_rank: int) -> bool:
+        """every_steps, every_seconds, or (every_seconds=None) whenever one more evaluation keeps the share of
+        the elapsed budget spent evaluating (`eval_seconds` so far) within max_share."""
+        ev = self.evaluation
+        if ev.every_steps and step % ev.every_steps == 0:
+            return True
+        if ev.every_seconds is not None:
+            return ev.every_seconds > 0 and self.elapsed() - self.last_evaluation >= ev.every_seconds
+        estimate = self._evaluation_estimate(batches_per_rank)
+        return estimate is not None and eval_seconds + estimate <= ev.max_share * self.elapsed()
+
+    def _evaluation_estimate(self, batches_per_rank: int) -> float | None:
+        """Seconds the next evaluation will take: as long as the last one, or before any, a forward pass of the
+        subset at half the measured cost per training micro-batch (forward and backward; on the safe side)."""
+        if self.evaluation_seconds is not None:
+            return self.evaluation_seconds
+        if not self.micro_batch_seconds:
+            return None
+        return batches_per_rank * self.micro_batch_seconds / 2
+
+    def evaluated(self, seconds: float) -> None:
+        self.evaluation_seconds = seconds
+        self.last_evaluation = self.elapsed()
+
+    def micro_batches(self, wanted: int, step: int) -> int:
+        """The batch ramp's `wanted` micro-batches, trimmed near a wall-clock deadline so the run ends at most
+        about one micro-batch late (a full step can take many seconds on a small GPU or a CPU). Seconds per
+        micro-batch come from the agreed clock between step starts, skipping the first steps (compilation)."""
+        now = self.elapsed()
+        if self.last_step_start is not None and step > 2:
+            started, micro_batches = self.last_step_start
+            self.micro_batch_seconds = (now - started) / micro_batches
+        if self.budget.seconds is not None and self.micro_batch_seconds:
+            left = self.budget.seconds - now
+            wanted = max(1, min(wanted, math.ceil(left / self.micro_batch_seconds)))
+        self.last_step_start = (now, wanted)
+        return wanted
 
 
 @dataclass

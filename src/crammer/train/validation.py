@@ -112,7 +112,7 @@ def run_settings(model_dir: Path) -> tuple[MaskingConfig, int]:
     from crammer.config import apply_overrides
     from crammer.io import read_json
     from crammer.train.config import EvalConfig
-    from crammer.train.files import CONFIG_FILE, SUMMARY_FILE
+    from crammer.runfiles import CONFIG_FILE, SUMMARY_FILE
 
     for candidate, key in ((model_dir / SUMMARY_FILE, "config"), (model_dir.parent.parent / CONFIG_FILE, None)):
         if candidate.is_file():
