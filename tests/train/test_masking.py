@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from crammer.train.config import MaskingConfig
-from crammer.train.masking import MLMCollator
+from crammer.train.masking import MaskingSchedule, MLMCollator
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 
@@ -65,3 +66,29 @@ def test_a_share_of_a_batch_is_masked_as_the_whole_batch_masks_it():
     shares = [make()(tokens[i : i + 2], torch.Generator().manual_seed(3), first_row=i, batch_rows=6) for i in (0, 2, 4)]
     for field in ("input_ids", "labels", "masked_positions"):
         assert torch.equal(getattr(whole, field), torch.cat([getattr(s, field) for s in shares]))
+
+
+def test_a_linear_masking_schedule_decreases_in_buckets_of_a_sixteenth_of_the_row():
+    cfg = MaskingConfig(fraction=0.4, schedule="linear", final_fraction=0.15)
+    schedule = MaskingSchedule(cfg, tokens_per_batch=1000, budget_tokens=100_000)  # 100 global micro-batches
+    assert schedule(0) == pytest.approx(0.4) and schedule(50) == pytest.approx(0.275)
+    assert schedule(100) == schedule(250) == pytest.approx(0.15) and schedule.mean_fraction == pytest.approx(0.275)
+    collator = MLMCollator(cfg, 500, SPECIAL)
+    tokens = torch.randint(5, 500, (4, 128), generator=torch.Generator().manual_seed(0))
+    counts = [collator(tokens, torch.Generator().manual_seed(k), fraction=schedule(k)).masked_positions.shape[1]
+              for k in range(0, 101, 5)]
+    assert counts[0] == 48 and counts[-1] == 16 and all(c % 8 == 0 for c in counts)  # round(51.2 / 8) * 8, ...
+    assert counts == sorted(counts, reverse=True) and len(set(counts)) <= 6  # a handful of shapes to compile
+
+
+def test_a_wall_clock_masking_schedule_follows_the_observed_progress_and_constant_ignores_it():
+    schedule = MaskingSchedule(MaskingConfig(fraction=0.3, schedule="linear", final_fraction=0.1))
+    assert schedule(10**6) == pytest.approx(0.3)  # no token budget: batch k says nothing, progress does
+    schedule.observe(0.5)
+    assert schedule(0) == pytest.approx(0.2)
+    constant = MaskingSchedule(MaskingConfig(fraction=0.3))
+    constant.observe(0.9)
+    assert constant(5) == 0.3
+    collator = MLMCollator(MaskingConfig(fraction=0.3), 500, SPECIAL)
+    tokens = torch.randint(5, 500, (2, 128), generator=torch.Generator().manual_seed(0))
+    assert collator(tokens, torch.Generator()).masked_positions.shape[1] == round(0.3 * 128)  # unbucketed as before

@@ -80,3 +80,13 @@ def test_bad_optimizer_settings_are_one_line_errors_before_torch_sees_them(overr
 def test_boundary_optimizer_settings_are_accepted():
     cfg = make_pretrain_config("tiny", ["optim.betas=0,0.999", "optim.weight_decay=0", "optim.eps=1e-30"])
     assert cfg.optim.betas == (0.0, 0.999) and cfg.optim.weight_decay == 0.0
+
+
+def test_wsd_can_decay_as_one_minus_sqrt():
+    linear = lr_multiplier(ScheduleConfig(lr="wsd", peak=0.1, decay=0.4))
+    sqrt = lr_multiplier(ScheduleConfig(lr="wsd", peak=0.1, decay=0.4, decay_shape="sqrt"))
+    assert sqrt(0.05) == linear(0.05) == pytest.approx(0.5) and sqrt(0.6) == linear(0.6) == 1.0
+    assert sqrt(0.7) == pytest.approx(1 - 0.25 ** 0.5) and linear(0.7) == pytest.approx(0.75)  # a quarter into decay
+    assert sqrt(0.99) < linear(0.99) and sqrt(1.0) == linear(1.0) == 0.0
+    with pytest.raises(CrammerError, match="schedule.decay_shape"):
+        make_pretrain_config("tiny", ["schedule.decay_shape=cosine"], budget_tokens=1000)

@@ -64,22 +64,47 @@ def test_accumulating_two_half_batches_equals_one_full_batch():
     assert next_a == pytest.approx(next_b, rel=1e-4)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_non_finite_step_is_skipped(fused):
-    model, optimizer, cfg = setup(fused=fused)
+def _states(optimizer) -> list[dict]:
+    """The per-parameter states of an optimizer, or of each optimizer of a Muon + AdamW pair."""
+    state = optimizer.state_dict()
+    return [state["state"]] if "state" in state else [part["state"] for part in state.values()]
+
+
+@pytest.mark.parametrize("optim", [{"fused": True}, {"fused": False}, {"name": "muon"}])
+def test_non_finite_step_is_skipped(optim):
+    model, optimizer, cfg = setup(**optim)
     step = TrainStep(model, optimizer, cfg, "fp32", CPU)
-    step(batches(1), 1e-3)  # a normal step first, so AdamW has state to protect
+    step(batches(1), 1e-3)  # a normal step first, so the optimizer has state to protect
     with torch.no_grad():
         model.bert.embeddings.word_embeddings.weight[7, 0] = float("nan")
     before = copy.deepcopy(model.state_dict())
-    state_before = copy.deepcopy(optimizer.state_dict()["state"])
+    states_before = copy.deepcopy(_states(optimizer))
     out = step(batches(1, seed=1), 1e-3)
     assert out.nonfinite.item() and not torch.isfinite(out.loss)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, before[name], equal_nan=True)
-    for key, value in optimizer.state_dict()["state"].items():
-        torch.testing.assert_close(value["exp_avg"], state_before[key]["exp_avg"], equal_nan=True)
-        assert float(value["step"]) == float(state_before[key]["step"])
+    assert len(states_before) == (2 if optim.get("name") == "muon" else 1)
+    for state, state_before in zip(_states(optimizer), states_before):
+        assert state.keys() == state_before.keys() and state
+        for key, value in state.items():
+            for name, tensor in value.items():  # exp_avg, exp_avg_sq, step (AdamW); momentum_buffer (Muon)
+                torch.testing.assert_close(tensor, state_before[key][name], equal_nan=True)
+
+
+def test_muon_updates_the_block_matrices_and_adamw_the_rest_each_at_its_own_lr():
+    model, optimizer, cfg = setup(name="muon", muon_lr=0.02, lr=1e-3)
+    muon, adamw = optimizer.optimizers["muon"], optimizer.optimizers["adamw"]
+    matrices = {id(p) for g in muon.param_groups for p in g["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in matrices}
+    assert names and all(".layers." in n and model.get_parameter(n).ndim == 2 for n in names)
+    assert "bert.embeddings.word_embeddings.weight" not in names  # embeddings (and the tied decoder): AdamW
+    step = TrainStep(model, optimizer, cfg, "fp32", CPU)
+    first = step(batches(1), 1e-3).loss.item()
+    assert muon.param_groups[0]["lr"] == pytest.approx(0.02) and adamw.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert all(len(muon.state[p]) for g in muon.param_groups for p in g["params"])  # momentum buffers exist
+    for _ in range(15):
+        last = step(batches(1), 1e-3).loss.item()
+    assert last < first - 0.5  # it learns the fixed batch
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -29,7 +29,7 @@ from crammer.io import atomic_path
 from crammer.model import config_from_hf_bert, count_parameters, training_flops_per_token
 from crammer.runtime import resolve_device, should_compile, synchronize
 from crammer.train.config import make_pretrain_config
-from crammer.train.masking import MaskedBatch, MLMCollator
+from crammer.train.masking import MaskedBatch, MaskingSchedule, MLMCollator
 from crammer.train.metrics import peak_flops
 from crammer.train.optimizers import build_optimizer
 from crammer.train.setup import Training, build_training, model_config_for
@@ -198,7 +198,7 @@ def run_bench(args: argparse.Namespace) -> tuple[list[BenchResult], list[str]]:
             peak_memory_gb=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         ))
 
-    flops = training_flops_per_token(model_config, seq_len, cfg.masking.fraction)
+    flops = training_flops_per_token(model_config, seq_len, MaskingSchedule(cfg.masking).mean_fraction)
     for micro_batch in micro_batches:
         measure(f"crammer {args.preset} ({compile_mode})", training.step(_maybe_compile(training.model, compile_mode)),
                 count_parameters(training.model), flops, micro_batch)

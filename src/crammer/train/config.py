@@ -28,13 +28,18 @@ class OptimConfig:
     """The optimizer (`name`, built by crammer.train.optimizers); weight decay applies to matrices only (not
     norms, biases or 1-d scales)."""
 
-    name: Literal["adamw"] = "adamw"
+    name: Literal["adamw", "muon"] = "adamw"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-12
     weight_decay: float = 0.01
     grad_clip: float = 0.5  # max global grad norm; 0 = no clipping
     fused: bool = True  # fused AdamW kernel (also lets a non-finite step be skipped without a host sync)
+    # name=muon: torch.optim.Muon for the blocks' 2-D weight matrices, AdamW (the keys above) for the rest.
+    muon_lr: float | None = None  # None: optim.lr (with muon_adjust_lr=match_rms_adamw AdamW's lr carries over)
+    muon_weight_decay: float | None = None  # None: optim.weight_decay
+    muon_momentum: float = 0.95
+    muon_adjust_lr: Literal["match_rms_adamw", "original"] = "match_rms_adamw"
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,10 @@ class ScheduleConfig:
     """Learning-rate shape as a function of budget progress in [0, 1] (see schedules.py)."""
 
     lr: Literal["triangle", "one-cycle", "linear", "wsd"] = "triangle"
-    peak: float = 0.75  # progress at which the lr reaches its peak (end of warm-up)
+    peak: float = 0.75  # progress at which the lr reaches its peak (end of warm-up); for wsd try 0.1
     initial: float = 0.25  # lr at progress 0, as a fraction of the peak (triangle, one-cycle)
     decay: float = 0.2  # wsd only: final fraction of the budget spent decaying to zero
+    decay_shape: Literal["linear", "sqrt"] = "linear"  # wsd only: sqrt = 1 - sqrt(t) (ModernBERT's), t in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class MaskingConfig:
     """Masked LM: a fixed count of positions per row (static shapes), BERT's 80/10/10 corruption."""
 
     fraction: float = 0.25
+    schedule: Literal["constant", "linear"] = "constant"  # linear: from `fraction` to `final_fraction` over the budget
+    final_fraction: float = 0.15  # schedule=linear only
     replace_mask: float = 0.8  # share of chosen positions replaced by [MASK]
     replace_random: float = 0.1  # ... by a random (non-special) token; the rest stay unchanged
 
@@ -165,6 +173,9 @@ class PretrainConfig:
             ("optim.eps", self.optim.eps > 0),
             ("optim.weight_decay", self.optim.weight_decay >= 0),
             ("optim.grad_clip", self.optim.grad_clip >= 0),
+            ("optim.muon_lr", self.optim.muon_lr is None or self.optim.muon_lr > 0),
+            ("optim.muon_weight_decay", self.optim.muon_weight_decay is None or self.optim.muon_weight_decay >= 0),
+            ("optim.muon_momentum", 0 <= self.optim.muon_momentum < 1),
             ("schedule.peak", 0 <= self.schedule.peak <= 1),
             ("schedule.initial", 0 <= self.schedule.initial <= 1),
             ("schedule.decay", 0 < self.schedule.decay <= 1 - self.schedule.peak or self.schedule.lr != "wsd"),
@@ -173,6 +184,7 @@ class PretrainConfig:
             ("batch.ramp", 0 <= self.batch.ramp <= 1),
             ("batch.memory_fraction", 0 < self.batch.memory_fraction <= 1),
             ("masking.fraction", 0 < self.masking.fraction < 1),
+            ("masking.final_fraction", 0 < self.masking.final_fraction < 1),
             ("masking.replace_mask", 0 <= self.masking.replace_mask <= 1),
             ("masking.replace_random", 0 <= self.masking.replace_random <= 1 - self.masking.replace_mask),
             ("data.prefetch", self.data.prefetch >= 1),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,8 +38,10 @@ class BatchStream:
         world_size: int = 1,
         prefetch: int = 4,
         pin_memory: bool = False,
+        mask_fraction: Callable[[int], float] | None = None,
     ):
         self.corpus = corpus
+        self.mask_fraction = mask_fraction  # global micro-batch k -> masking fraction (a MaskingSchedule)
         self.collator = collator
         self.micro_batch = micro_batch
         self.global_batch = micro_batch * world_size
@@ -71,7 +74,9 @@ class BatchStream:
         first = j * self.global_batch + self.rank * self.micro_batch
         tokens = torch.from_numpy(self.corpus.get_batch(epoch_order[first : first + self.micro_batch]))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
-        batch = self.collator(tokens, generator, first_row=self.rank * self.micro_batch, batch_rows=self.global_batch)
+        fraction = self.mask_fraction(k) if self.mask_fraction is not None else None
+        batch = self.collator(tokens, generator, first_row=self.rank * self.micro_batch, batch_rows=self.global_batch,
+                              fraction=fraction)
         return batch.pin_memory() if self.pin_memory else batch
 
     def _produce(self, k: int) -> None:

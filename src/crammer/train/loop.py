@@ -69,7 +69,8 @@ class Pretrainer:
         self.precision, self.device, self.tokenizer = parts.training.precision, parts.dist.device, parts.tokenizer
         self.state, self.micro_batch, self.corpora = parts.state, parts.micro_batch, parts.corpora
         self.train_step, self.validator, self.logger = parts.train_step, parts.validator, parts.logger
-        self.pacing, self.clock, self.stream = parts.pacing, parts.pacing.clock, parts.stream
+        self.pacing, self.clock, self.masking = parts.pacing, parts.pacing.clock, parts.masking
+        self.stream = parts.stream
         self.corpus_record = corpus_record(self.corpus)  # what each checkpoint remembers of the corpus
         self.model_card = model_card
         self.guard = NonFiniteGuard(self.cfg.guard, self.state)
@@ -119,6 +120,7 @@ class Pretrainer:
     def _launch(self) -> LaunchedStep:
         """Queue one optimizer step and the asynchronous copy of its results to the host."""
         progress = self.progress()
+        self.masking.observe(progress)  # a wall-clock masking schedule follows the budget
         lr = self.cfg.optim.lr * self.lr_at(progress)
         ramp = accumulation_steps(progress, self.cfg.batch, self.micro_batch, self.dist.world_size)
         accumulation = self.pacing.micro_batches(ramp, self.state.step)

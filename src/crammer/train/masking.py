@@ -1,7 +1,9 @@
 """Masked-LM corruption with a fixed number of masked positions per row.
 
 A fixed count M = round(fraction * seq_len) keeps every tensor shape static (no `nonzero`), which is
-what lets `torch.compile` build one graph and lets the model predict only those M positions.
+what lets `torch.compile` build one graph and lets the model predict only those M positions. A masking
+schedule (`masking.schedule=linear`, e.g. 40% down to 15%) changes M between micro-batches, in steps of
+seq_len/16 positions, so a compiled model sees a handful of shapes over a run, not one per step.
 
 Special tokens ([PAD], [CLS], [SEP], [UNK], [MASK]) are never chosen while a row has enough ordinary
 tokens: predicting a document boundary or padding teaches nothing. A row with fewer ordinary tokens
@@ -36,8 +38,40 @@ class MaskedBatch:
         return MaskedBatch(pin(self.input_ids), pin(self.labels), pin(self.masked_positions), pin(self.attention_mask))
 
 
-def num_masked(seq_len: int, fraction: float) -> int:
-    return max(1, round(fraction * seq_len))
+def num_masked(seq_len: int, fraction: float, bucket: int = 1) -> int:
+    """Masked positions per row: `fraction` of the row, rounded to a multiple of `bucket`."""
+    return max(1, bucket * round(fraction * seq_len / bucket), min(bucket, seq_len))
+
+
+class MaskingSchedule:
+    """The masking fraction of global micro-batch k: `masking.fraction` throughout (constant), or decreasing
+    linearly to `masking.final_fraction` over the budget (Ankner et al. 2023: 30% -> 15% beats any constant).
+
+    With a token budget, batch k's progress is exact (k global micro-batches of `tokens_per_batch` tokens), so a
+    resumed run masks exactly as the uninterrupted one did; with a wall-clock budget it is the progress the loop
+    last reported (`observe`), a few prefetched micro-batches behind.
+    """
+
+    def __init__(self, cfg: MaskingConfig, tokens_per_batch: int = 0, budget_tokens: int | None = None):
+        self.cfg, self.tokens_per_batch, self.budget_tokens = cfg, tokens_per_batch, budget_tokens
+        self.progress = 0.0
+
+    def observe(self, progress: float) -> None:
+        self.progress = progress
+
+    def __call__(self, k: int) -> float:
+        if self.cfg.schedule == "constant":
+            return self.cfg.fraction
+        progress = k * self.tokens_per_batch / self.budget_tokens if self.budget_tokens else self.progress
+        progress = min(max(progress, 0.0), 1.0)
+        return self.cfg.fraction + (self.cfg.final_fraction - self.cfg.fraction) * progress
+
+    @property
+    def mean_fraction(self) -> float:
+        """Over the whole run: what FLOPs per token are counted with."""
+        if self.cfg.schedule == "constant":
+            return self.cfg.fraction
+        return (self.cfg.fraction + self.cfg.final_fraction) / 2
 
 
 class MLMCollator:
@@ -59,15 +93,19 @@ class MLMCollator:
         return self(tokens, generator)
 
     def __call__(self, tokens: torch.Tensor, generator: torch.Generator, first_row: int = 0,
-                 batch_rows: int | None = None) -> MaskedBatch:
+                 batch_rows: int | None = None, fraction: float | None = None) -> MaskedBatch:
         """Mask `tokens`, rows [first_row, first_row + len(tokens)) of a batch of `batch_rows` rows (default:
         the whole batch). The random numbers are drawn for the whole batch and sliced, so a DDP rank masks
-        its share exactly as one process masks the whole, without reading or masking the other shares."""
+        its share exactly as one process masks the whole, without reading or masking the other shares.
+        `fraction` (from a `MaskingSchedule`) replaces the config's, rounded to the schedule's buckets."""
         tokens = tokens.long()
         batch, seq_len = tokens.shape
         batch_rows = batch if batch_rows is None else batch_rows
         share = slice(first_row, first_row + batch)
-        m = num_masked(seq_len, self.cfg.fraction)
+        if fraction is None or self.cfg.schedule == "constant":
+            m = num_masked(seq_len, self.cfg.fraction if fraction is None else fraction)
+        else:
+            m = num_masked(seq_len, fraction, bucket=max(1, seq_len // 16))
         special = self.is_special[tokens]
         # Random scores; special positions get a score above every ordinary one, so they are picked last.
         scores = torch.rand(batch_rows, seq_len, generator=generator)[share] + special.float()

@@ -27,6 +27,7 @@ from crammer.data import PackedCorpus
 from crammer.model import count_parameters, training_flops_per_token
 from crammer.runtime import synchronize
 from crammer.train.config import PretrainConfig
+from crammer.train.masking import MaskingSchedule
 from crammer.train.metrics import peak_flops
 from crammer.train.schedules import accumulation_steps
 from crammer.train.setup import build_training, check_micro_batch, model_config_for
@@ -195,7 +196,7 @@ def measure_plan(cfg: PretrainConfig, corpus: PackedCorpus, preset: str, budget_
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         budget_s=budget_s,
         tokens_per_s=tokens_per_s,
-        flops_per_token=training_flops_per_token(model_config, corpus.seq_len, cfg.masking.fraction),
+        flops_per_token=training_flops_per_token(model_config, corpus.seq_len, MaskingSchedule(cfg.masking).mean_fraction),
         num_parameters=count_parameters(training.model),
         corpus_tokens=corpus.num_tokens,
         seq_len=corpus.seq_len,

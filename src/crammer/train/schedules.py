@@ -42,14 +42,16 @@ def linear(progress: float, peak: float) -> float:
     return (1.0 - p) / (1.0 - peak) if peak < 1.0 else 0.0
 
 
-def warmup_stable_decay(progress: float, peak: float, decay: float) -> float:
-    """WSD: linear warm-up to 1 at `peak`, constant, then linear decay to 0 over the last `decay`."""
+def warmup_stable_decay(progress: float, peak: float, decay: float, shape: str = "linear") -> float:
+    """WSD: linear warm-up to 1 at `peak`, constant, then down to 0 over the last `decay` of the budget: linearly,
+    or as 1 - sqrt(t) of the decay's own progress t (ModernBERT's: it keeps the lr high for longer, then drops)."""
     p = _clip(progress)
     if p < peak:
         return p / peak
     if p < 1.0 - decay:
         return 1.0
-    return (1.0 - p) / decay
+    left = (1.0 - p) / decay  # 1 - t: exactly 0 at the deadline
+    return 1.0 - math.sqrt(1.0 - left) if shape == "sqrt" else left
 
 
 def lr_multiplier(cfg: ScheduleConfig) -> Callable[[float], float]:
@@ -60,7 +62,7 @@ def lr_multiplier(cfg: ScheduleConfig) -> Callable[[float], float]:
         return lambda p: one_cycle(p, cfg.peak, cfg.initial)
     if cfg.lr == "linear":
         return lambda p: linear(p, cfg.peak)
-    return lambda p: warmup_stable_decay(p, cfg.peak, cfg.decay)
+    return lambda p: warmup_stable_decay(p, cfg.peak, cfg.decay, cfg.decay_shape)
 
 
 def accumulation_steps(progress: float, cfg: BatchConfig, micro_batch: int, world_size: int = 1) -> int:

@@ -25,13 +25,13 @@ from crammer.train.config import PretrainConfig
 from crammer.train.distributed import Distributed
 from crammer.train.loader import BatchStream
 from crammer.train.logger import StepLogger
-from crammer.train.masking import MLMCollator
+from crammer.train.masking import MaskingSchedule, MLMCollator
 from crammer.train.optimizers import build_optimizer
 from crammer.train.resume import claim_run_dir, corpora_after_resume, corpus_record, rescaled_micro_batch
 from crammer.train.sizing import auto_micro_batch, cuda_memory_probe
 from crammer.train.state import Budget, BudgetClock, Pacing, TrainState
 from crammer.train.step import TrainStep
-from crammer.train.validation import Validator, validation_batches
+from crammer.train.validation import VALIDATION_MASKING, Validator, validation_batches
 
 
 def model_config_for(cfg: PretrainConfig, vocab_size: int, seq_len: int, setting: str) -> CrammedBertConfig:
@@ -120,6 +120,7 @@ class RunParts:
     validator: Validator | None
     logger: StepLogger
     pacing: Pacing
+    masking: MaskingSchedule
     stream: BatchStream
 
 
@@ -160,26 +161,27 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
     train_step = training.step(train_model)
     train_step.load_state_dict(step_state)
 
-    validator = _validator(cfg, corpus, training, micro_batch, dist)
+    validator = _validator(cfg, corpus, micro_batch, dist, training.precision)
     budget = Budget(cfg.budget_seconds, cfg.budget_tokens)
+    masking = MaskingSchedule(cfg.masking, micro_batch * dist.world_size * corpus.seq_len, cfg.budget_tokens)
     logger = StepLogger(run_dir, cfg.logging, dist.is_main, to_dict(cfg), dist.device,
-                        training_flops_per_token(model_config, corpus.seq_len, cfg.masking.fraction),
+                        training_flops_per_token(model_config, corpus.seq_len, masking.mean_fraction),
                         dist.world_size, budget)
     logger.resume_after(state.step)
     pacing = Pacing(budget, clock, cfg.checkpoint, cfg.eval, dist.world_size)
     try:
         stream = BatchStream(corpus, training.collator, micro_batch, order=cfg.data.order, seed=cfg.seed,
                              position=state.position, rank=dist.rank, world_size=dist.world_size,
-                             prefetch=cfg.data.prefetch, pin_memory=dist.device.type == "cuda")
+                             prefetch=cfg.data.prefetch, pin_memory=dist.device.type == "cuda", mask_fraction=masking)
     except BaseException:
         logger.close()
         raise
     return RunParts(cfg, run_dir, dist, corpus, corpora, training, state, micro_batch, train_step,
-                    corpus.tokenizer(), validator, logger, pacing, stream)
+                    corpus.tokenizer(), validator, logger, pacing, masking, stream)
 
 
-def _validator(cfg: PretrainConfig, corpus: PackedCorpus, training: Training, micro_batch: int,
-               dist: Distributed) -> Validator | None:
+def _validator(cfg: PretrainConfig, corpus: PackedCorpus, micro_batch: int, dist: Distributed,
+               precision: str) -> Validator | None:
     """The fixed validation subset, or None (turned off, or a corpus without a validation split)."""
     if not cfg.eval.enabled:
         return None
@@ -188,5 +190,5 @@ def _validator(cfg: PretrainConfig, corpus: PackedCorpus, training: Training, mi
             print(f"cram: {corpus.path} has no validation split (prepared before it existed, or with "
                   "--validation-sequences 0): validation is skipped", file=sys.stderr)
         return None
-    batches = validation_batches(corpus, training.collator.cfg, cfg.eval.sequences, micro_batch)
-    return Validator(batches, dist.device, training.precision, dist.rank, dist.world_size)
+    batches = validation_batches(corpus, VALIDATION_MASKING, cfg.eval.sequences, micro_batch)
+    return Validator(batches, dist.device, precision, dist.rank, dist.world_size)

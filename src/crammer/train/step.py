@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -35,10 +35,11 @@ class TrainStep:
 
     `model` may be compiled and/or wrapped in DistributedDataParallel (then gradients are synchronised
     only on the last micro-batch). With a fused AdamW the skip happens on the device (the `found_inf`
-    hook that GradScaler also uses), so a normal step never waits for the GPU.
+    hook that GradScaler also uses), so a normal step never waits for the GPU; any other optimizer (Muon, an
+    unfused AdamW) is stepped only after the host has read that the step is finite.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: OptimConfig, precision: str,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | Any, cfg: OptimConfig, precision: str,
                  device: torch.device):
         self.model = model
         self.optimizer = optimizer
@@ -50,8 +51,8 @@ class TrainStep:
         self.fused = bool(optimizer.defaults.get("fused"))
 
     def __call__(self, batches: Sequence[MaskedBatch], lr: float) -> StepOutput:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group in self.optimizer.param_groups:  # a group with its own peak lr (Muon's) keeps its ratio
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
             is_last = i == len(batches) - 1
@@ -81,7 +82,7 @@ class TrainStep:
                 self.optimizer.found_inf = nonfinite.float()
                 self.optimizer.step()
                 del self.optimizer.found_inf
-            elif not bool(nonfinite):  # unfused AdamW has no device-side skip: one host sync per step
+            elif not bool(nonfinite):  # no device-side skip (unfused AdamW, Muon): one host sync per step
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepOutput(loss_sum / len(batches), grad_norm.detach(), nonfinite)

@@ -1,9 +1,10 @@
 """Validation MLM loss and accuracy on a prepared corpus's held-out documents.
 
-The subset and its masks are fixed: the first `sequences` validation blocks, masked by the same MLM
-recipe with a generator seeded by a constant (not the run's seed). So every evaluation of a run, every run
-on the same corpus, and any saved model (ours, or a Hugging Face MLM with the same tokenizer) are measured
-on exactly the same positions and replacements, and their numbers compare directly.
+The subset and its masks are fixed: the first `sequences` validation blocks, masked by the default MLM
+recipe (`VALIDATION_MASKING`: 25%, 80/10/10, whatever the run's own masking) with a generator seeded by a
+constant (not the run's seed). So every evaluation of a run, every run on the same corpus (whatever masking
+rate or schedule it trained with), and any saved model (ours, or a Hugging Face MLM with the same tokenizer)
+are measured on exactly the same positions and replacements, and their numbers compare directly.
 
 loss = mean cross-entropy over the masked positions; accuracy = share of them whose top-1 prediction is
 the original token (both over every masked position of the subset, not a mean of batch means).
@@ -25,6 +26,7 @@ from crammer.train.config import MaskingConfig
 from crammer.train.masking import MaskedBatch, MLMCollator
 
 MASK_SEED = 20221228  # the validation masks' own seed: the same for every run on a corpus
+VALIDATION_MASKING = MaskingConfig()  # the validation masks' recipe: the same for every run on a corpus
 
 
 @dataclass(frozen=True)
@@ -107,20 +109,19 @@ class Validator:
 
 
 def run_settings(model_dir: Path) -> tuple[MaskingConfig, int]:
-    """(masking, subset size) of the run that made `model_dir` (final/ or a checkpoint of a `cram pretrain`
-    folder), so that its numbers are measured as that run measured them; the defaults for any other model."""
-    from crammer.config import apply_overrides
+    """(masking, subset size) to measure `model_dir` with: the validation masks, and the subset size of the run
+    that made it (final/ or a checkpoint of a `cram pretrain` folder), so that its numbers are measured as that
+    run measured them; the default size for any other model."""
     from crammer.io import read_json
-    from crammer.train.config import EvalConfig
     from crammer.runfiles import CONFIG_FILE, SUMMARY_FILE
+    from crammer.train.config import EvalConfig
 
     for candidate, key in ((model_dir / SUMMARY_FILE, "config"), (model_dir.parent.parent / CONFIG_FILE, None)):
         if candidate.is_file():
             saved = read_json(candidate)
             saved = saved.get(key, {}) if key else saved
-            masking = apply_overrides(MaskingConfig(), [f"{k}={v}" for k, v in saved.get("masking", {}).items()])
-            return masking, int(saved.get("eval", {}).get("sequences", EvalConfig().sequences))
-    return MaskingConfig(), EvalConfig().sequences
+            return VALIDATION_MASKING, int(saved.get("eval", {}).get("sequences", EvalConfig().sequences))
+    return VALIDATION_MASKING, EvalConfig().sequences
 
 
 def validate_model(model: str | Path, data: str | Path, sequences: int | None = None, batch_size: int = 32,
