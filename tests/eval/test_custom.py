@@ -279,3 +279,23 @@ def test_our_own_model_tags_words_and_labels_sets(tiny_crammed, tmp_path):
     assert set(multi["tasks"]["multi-label"]["median"]) == {"micro_f1", "macro_f1"}
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "multi/model").config.problem_type == \
         "multi_label_classification"
+
+
+def test_finetune_reads_a_one_megabyte_csv_cell_and_warns_about_mixed_labels(tiny_bert, sst2_csv, tmp_path, capsys):
+    """Before: `big.csv:5: malformed CSV (field larger than field limit (131072))`, exit 2; labels `0`, `1` and
+    `pos` silently made three classes."""
+    train, dev = sst2_csv
+    rows = list(csv.reader(train.open()))[:41]
+    rows[4][0] = " ".join(r[0] for r in rows[1:]) * 700  # 1.5 MB
+    for row, label in zip(rows[1:], ["0", "1"] * 19 + ["pos"]):
+        row[1] = label
+    big = tmp_path / "big.csv"
+    write_csv(big, rows[0], rows[1:])
+    assert len(rows[4][0]) > 1 << 20
+    assert main(["finetune", "--model", str(tiny_bert), "--train", str(big), "--eval", str(big), "--text-column",
+                 "review", "--label-column", "sentiment", "--out", str(tmp_path / "out"), "--trials", "1", "epochs=1",
+                 "device=cpu", "max_length=32"]) == 0
+    err = capsys.readouterr().err
+    assert (f"cram finetune: warning: --train {big}: column 'sentiment': the labels mix integers (0, 1) and names "
+            "(pos): 3 separate classes; fix the data if that is not meant") in err
+    assert json.loads((tmp_path / "out/results.json").read_text())["data"]["train"]["examples"] == 40

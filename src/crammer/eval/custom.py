@@ -27,7 +27,7 @@ from crammer.eval.finetune import model_identity, run_trial
 from crammer.eval.spec import TaskSpec, spec_for
 from crammer.eval.trials import (Job, TrialRunner, check_model, encode_job, fmt, load_finished, protocol_line,
                                  run_pending, summarize_task, task_table, write_results)
-from crammer.eval.userdata import DataSpec, fingerprint, read_split
+from crammer.eval.userdata import DataSpec, fingerprint, mixed_labels, read_split
 from crammer.io import atomic_dir, atomic_write_json, exclusive_folder, read_json
 
 MODEL_DIR = "model"
@@ -49,6 +49,8 @@ def evaluate_finetune(model: str, data: DataSpec, train: str, eval: str, config:
         if data.kind == "classification" and len(labels) < 2:
             raise CrammerError(f"--train {train}: column {data.label_column!r} has one label only ({labels[0]!r}); "
                                "a classifier needs two or more")
+        if data.kind in ("classification", "multi-label") and (mixed := mixed_labels(labels)):
+            log(f"warning: --train {train}: column {data.label_column!r}: {mixed}")
         eval_split, _, skipped_eval = read_split(eval, data, "eval", labels or None, config.skip_malformed_rows)
         for skipped, source in ((skipped_train, train), (skipped_eval, eval)):
             if skipped:

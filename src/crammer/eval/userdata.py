@@ -119,6 +119,17 @@ def label_set(values: list[Any], kind: str) -> tuple[str, ...]:
     return tuple(sorted(names, key=(lambda n: (int(n), n)) if integral else None))
 
 
+def mixed_labels(labels: tuple[str, ...]) -> str | None:
+    """A warning when the label set mixes integers and names (`0`, `1`, `pos`): each is a class of its own,
+    which is rarely what was meant (a stray `pos` among 0/1 labels makes three classes)."""
+    numbers = [n for n in labels if _is_int(n)]
+    names = [n for n in labels if not _is_int(n)]
+    if not numbers or not names:
+        return None
+    return (f"the labels mix integers ({_names(tuple(numbers), 5)}) and names ({_names(tuple(names), 5)}): "
+            f"{len(labels)} separate classes; fix the data if that is not meant")
+
+
 def _names(labels: tuple[str, ...], limit: int = 10) -> str:
     shown = ", ".join(labels[:limit])
     return shown + (f", ... ({len(labels)} in all)" if len(labels) > limit else "")
@@ -203,6 +214,8 @@ def records(source: str, columns: tuple[str, ...], kind: str, role: str) -> Iter
         yield from _hub_records(source, columns, role)
         return
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise CrammerError(f"--{role} {source}: is a folder; give one data file")
     if not path.is_file():
         raise CrammerError(f"--{role} {source}: no such file")
     fmt = data_format(path)
@@ -264,7 +277,13 @@ def _missing_columns(where: str, have: list[str], columns: tuple[str, ...]) -> N
                            "name yours with --text-column / --label-column")
 
 
+# A cell may hold a whole document (it is truncated to max_length later): no limit of the csv module's own
+# (128 KiB by default, which made valid files "malformed").
+FIELD_SIZE_LIMIT = 2**31 - 1
+
+
 def _table_records(path: Path, columns: tuple[str, ...], delimiter: str) -> Iterator[Record]:
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader((line for _, line in _lines(path)), delimiter=delimiter, quoting=quoting, strict=True)
     try:
