@@ -299,3 +299,20 @@ def test_finetune_reads_a_one_megabyte_csv_cell_and_warns_about_mixed_labels(tin
     assert (f"cram finetune: warning: --train {big}: column 'sentiment': the labels mix integers (0, 1) and names "
             "(pos): 3 separate classes; fix the data if that is not meant") in err
     assert json.loads((tmp_path / "out/results.json").read_text())["data"]["train"]["examples"] == 40
+
+
+def test_a_lone_surrogate_in_finetune_data_is_a_bad_row(tiny_bert, sst2_csv, tmp_path, capsys):
+    """Before: `TypeError: TextEncodeInput must be Union[...]` from the tokenizer, a traceback."""
+    train, _ = sst2_csv
+    rows = [{"review": t, "sentiment": y} for t, y in list(csv.reader(train.open()))[1:41]]
+    rows[6]["review"] = rows[6]["review"][:5] + "\ud800" + rows[6]["review"][5:]
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    args = ["finetune", "--model", str(tiny_bert), "--train", str(data), "--eval", str(data), "--text-column",
+            "review", "--label-column", "sentiment", "--out", str(tmp_path / "out"), "--trials", "1", "epochs=1",
+            "device=cpu"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (f"cram: error: {data}:7: column 'review': a lone surrogate '\\ud800' at "
+                                       "character 6 (not valid Unicode); skip such rows with skip_malformed_rows=true\n")
+    assert not (tmp_path / "out").exists()
+    assert main([*args, "skip_malformed_rows=true"]) == 0
+    assert f"{data}: skipped 1 malformed row(s)" in capsys.readouterr().err

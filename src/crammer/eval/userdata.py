@@ -147,12 +147,24 @@ def _text(row: dict, column: str, kind: str) -> Any:
             raise BadRow(f"column {column!r}: no words")
         if not all(isinstance(w, str) and w.strip() for w in words):
             raise BadRow(f"column {column!r}: every word must be a non-empty string")
+        for word in words:
+            _valid_unicode(word, column)
         return words
     if value is None or (isinstance(value, str) and not value.strip()):
         raise BadRow(f"column {column!r}: empty text")
     if not isinstance(value, str):
         raise BadRow(f"column {column!r}: text is {type(value).__name__}, not a string")
+    _valid_unicode(value, column)
     return value
+
+
+def _valid_unicode(text: str, column: str) -> None:
+    """A lone surrogate (JSON's `"\ud800"`) is text no tokenizer takes: a bad row, named, not a TypeError later."""
+    from crammer.data.formats import lone_surrogate
+
+    at = lone_surrogate(text)
+    if at is not None:
+        raise BadRow(f"column {column!r}: a lone surrogate {text[at]!a} at character {at + 1} (not valid Unicode)")
 
 
 def _label(row: dict, data: DataSpec) -> Any:
