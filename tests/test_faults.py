@@ -106,3 +106,26 @@ def test_atomic_dir_removes_a_dead_writers_swap_leftover_and_unlocked_staging(tm
     with atomic_dir(target) as tmp:
         (tmp / "a").write_text("2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"] and (target / "a").read_text() == "2"
+
+
+def test_report_of_a_pretrain_folder_and_refusal_of_any_other(small_corpus, tmp_path, capsys):
+    """Before: a report saying "pretraining: not finished", exit 0, for a finished `cram pretrain` folder and for
+    any folder at all."""
+    run = tmp_path / "bert"
+    assert main(["pretrain", "--data", str(small_corpus), "--out", str(run), "--preset", "tiny", "--budget-tokens",
+                 "4096", "--micro-batch", "8", "eval.every_steps=4"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out == f"wrote {run / 'report.md'} and {run / 'report.html'}\n"
+    md = (run / "report.md").read_text()
+    assert "not finished" not in md and "- pretraining: finished (" in md
+    assert f"Prepared corpus: `{small_corpus}`" in md and "| parameters |" in md
+    assert "| finished: steps, tokens, budget |" in md and "validation MLM loss" in md
+    assert "![loss over elapsed budget time](plots/loss.png)" in md and (run / "plots" / "loss.png").is_file()
+    assert '"model": "tiny"' in md  # the resolved configuration
+    elsewhere = tmp_path / "notes"
+    elsewhere.mkdir()
+    assert main(["report", str(elsewhere)]) == 2
+    assert capsys.readouterr().err == (f"cram: error: {elsewhere}: not a run folder (no run.json of `cram run`, no "
+                                       "pretrain_config.json of `cram pretrain`)\n")
+    assert list(elsewhere.iterdir()) == []
