@@ -129,3 +129,9 @@ def test_report_of_a_pretrain_folder_and_refusal_of_any_other(small_corpus, tmp_
     assert capsys.readouterr().err == (f"cram: error: {elsewhere}: not a run folder (no run.json of `cram run`, no "
                                        "pretrain_config.json of `cram pretrain`)\n")
     assert list(elsewhere.iterdir()) == []
+
+
+def test_the_throughput_plot_names_its_unit():
+    from crammer.train.plot import PLOTS
+
+    assert PLOTS["throughput"][0] == "training throughput (tokens/s)"  # before: "throughput", no unit anywhere
