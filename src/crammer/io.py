@@ -4,7 +4,9 @@ and one process at a time writes a folder.
 - `atomic_path`, `atomic_dir`, `atomic_write_*`: write under a temporary name, rename into place when
   complete. A full disk met while writing (an `ENOSPC` OSError, numpy's short write, torch's failed zip
   write, a Rust library's "No space left on device") becomes `DiskFull`, a one-line CrammerError naming the
-  path; the temporary is removed, so the previous version stays.
+  path; the temporary is removed, so the previous version stays. `atomic_dir` holds a lock on its staging
+  folder while it writes, and deletes the staging folders of its path that no live process holds (a writer
+  killed with `kill -9` leaves one behind).
 - `exclusive_folder`: an advisory lock (`flock`) on a file beside a folder, so that a second writer is
   refused with the holder's pid instead of both writing; the kernel drops the lock of a killed process.
 - `read_json`: a missing or malformed file becomes a CrammerError naming it, with line and column.
@@ -187,7 +189,8 @@ def atomic_dir(path: str | os.PathLike, check_existing: Callable[[Path], None] =
         check_existing(path)
     with disk_full_as_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        _remove_dead_staging(path)
+        tmp, held = _staging_folder(path)
     try:
         with disk_full_as_error(path, tmp):  # judged before the finally below frees the temporary's space
             yield tmp
@@ -205,6 +208,70 @@ def atomic_dir(path: str | os.PathLike, check_existing: Callable[[Path], None] =
             fsync_dir(path.parent)
     finally:
         _remove(tmp)
+        os.close(held)
+
+
+def _staging_folder(path: Path) -> tuple[Path, int]:
+    """(a fresh `.NAME.<random>.tmp` folder beside `path`, the fd that holds its `flock`). The lock says a live
+    process is writing it; the kernel drops it when that process dies, however it dies, so that the next writer
+    of `path` knows the folder for a leftover (`_remove_dead_staging`)."""
+    while True:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a clean-up that came first deletes it
+        except OSError:  # a filesystem without locks: the folder is not cleaned up by others either
+            return tmp, fd
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                return tmp, fd
+        except FileNotFoundError:  # deleted by that clean-up: make another
+            pass
+        os.close(fd)
+
+
+def _staging_pattern(name_pattern: str) -> re.Pattern:
+    # `tempfile` names are `prefix` + [a-z0-9_] + `suffix`: `.out.v2.x.tmp` belongs to the output `out.v2`.
+    return re.compile(rf"\.(?:{name_pattern})\.(?:[a-z0-9_]+\.tmp|old)")
+
+
+def _remove_dead_staging(path: Path) -> None:
+    """Delete the staging folders of `path` that no live process holds (left by a writer killed mid-way:
+    `kill -9`, power loss; they can be gigabytes, a model or a checkpoint), and the `.NAME.old` a swap left,
+    unless some writer of `path` is live (its swap may be under way)."""
+    entries = _unheld_temps(path.parent, _staging_pattern(re.escape(path.name)))
+    if entries is not None:
+        for entry in entries:
+            _remove(entry)
+
+
+def _unheld_temps(folder: Path, pattern: re.Pattern) -> list[Path] | None:
+    """The entries of `folder` whose name fully matches `pattern` and that no live process holds; each staging
+    folder among them is deleted at once, while its lock is taken (so that no writer can take it meanwhile).
+    None when a staging folder is held: a live writer, whose `.old` must stay."""
+    try:
+        entries = sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name))
+    except OSError:  # no folder yet: nothing to clean
+        return []
+    held = False
+    rest = []
+    for entry in entries:
+        if not entry.name.endswith(".tmp") or entry.is_symlink() or not entry.is_dir():
+            rest.append(entry)
+            continue
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:  # gone meanwhile (its writer finished), or not ours to read
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by a live writer (or locks unsupported: cannot tell, so leave it)
+            held = True
+        else:
+            _remove(entry)
+        finally:
+            os.close(fd)
+    return None if held else rest
 
 
 def remove_stale_temps(folder: str | os.PathLike, name_pattern: str) -> list[Path]:
@@ -212,19 +279,15 @@ def remove_stale_temps(folder: str | os.PathLike, name_pattern: str) -> list[Pat
     `.NAME.<random>.tmp` build folders and `.NAME.old` swap leftovers of every NAME that fully matches the
     regex `name_pattern`. They can be gigabytes (a corpus's staging shards, a checkpoint).
 
-    Assumes a single writer per output (hold `exclusive_folder` around it): a concurrent writer's staging
-    folder would be deleted too.
+    A staging folder a live process holds (see `_staging_folder`) is left alone; the `.old` leftovers assume a
+    single writer per output (hold `exclusive_folder` around it). `atomic_dir` itself cleans up after its own
+    NAME; this is for outputs whose NAME changes (checkpoints `step-N`).
     """
-    # `tempfile` names are `prefix` + [a-z0-9_] + `suffix`: `.out.v2.x.tmp` belongs to the output `out.v2`.
-    pattern = re.compile(rf"\.(?:{name_pattern})\.(?:[a-z0-9_]+\.tmp|old)")
-    try:
-        entries = list(Path(folder).iterdir())
-    except OSError:  # no folder yet: nothing to clean
-        return []
-    stale = [p for p in entries if pattern.fullmatch(p.name)]
-    for p in stale:
+    pattern = _staging_pattern(name_pattern)
+    before = {p for p in Path(folder).glob(".*") if pattern.fullmatch(p.name)} if Path(folder).is_dir() else set()
+    for p in _unheld_temps(Path(folder), pattern) or []:
         _remove(p)
-    return stale
+    return sorted(p for p in before if not _exists(p))
 
 
 def _exists(path: Path) -> bool:
@@ -286,6 +349,9 @@ def exclusive_folder(folder: str | os.PathLike, what: str = "folder") -> Iterato
     Advisory only: it keeps crammer's own commands apart, not other programs. `what` names the folder in the
     message ("run folder", "prepared corpus").
     """
+    target = Path(folder).expanduser()
+    if _exists(target) and not target.is_dir():  # else the first write inside it fails with a traceback
+        raise CrammerError(f"{folder}: exists and is a file, not a {what}; choose another --out")
     path = lock_file(folder)
     key = str(path)
     with _held_guard:

@@ -60,3 +60,27 @@ print(sorted(m for m in ("torch", "transformers", "tokenizers", "tqdm", "dataset
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_inspect_verify_finds_a_token_id_out_of_the_vocabulary(tmp_path, capsys):
+    """A damaged shard (or one of another tokenizer) holds ids the model's embedding has no row for: `--verify`
+    reads every shard, training and validation, and names the first such id, its shard, sequence and position."""
+    import numpy as np
+
+    out = tmp_path / "data"
+    assert main(["data", "prepare", "--source", "pydoc::max_docs=20", "--out", str(out), "--vocab-size", "600",
+                 "--seq-len", "32", "--validation-sequences", "10", "--quiet", "shard_sequences=50"]) == 0
+    m = manifest(out)
+    capsys.readouterr()
+    assert main(["data", "inspect", str(out), "-n", "0", "--verify"]) == 0
+    total = (m["num_sequences"] + m["validation_sequences"]) * 32
+    shards = len(m["shards"]) + len(m["validation_shards"])
+    assert f"verified: {total:,} token ids in {shards} shard(s), all in the vocabulary" in capsys.readouterr().out
+    shard = out / m["validation_shards"][-1]["file"]
+    blocks = np.load(shard)
+    blocks[3, 7] = m["vocab_size"] + 5
+    np.save(shard, blocks)
+    assert main(["data", "inspect", str(out), "-n", "0", "--verify"]) == 2
+    assert capsys.readouterr().err == (f"cram: error: {shard}: token id {m['vocab_size'] + 5} at sequence 3, position "
+                                       f"7 is not in the vocabulary (ids 0-{m['vocab_size'] - 1}): a damaged shard, "
+                                       "or one of another tokenizer\n")

@@ -178,3 +178,43 @@ def test_read_documents_applies_the_caps_and_the_bad_record_policy():
     assert capped == ["a0", "a2", "b0"]
     with pytest.raises(CrammerError, match="^b:1: invalid JSON"):
         list(sources.read_documents([second], "text", False, None, sources.ReadStats()))
+
+
+def test_a_source_given_twice_is_refused(wiki_sample, tok_file, tmp_path, capsys):
+    """Before: read twice silently, `documents_per_source` the count of one pass (assigned, not added), and a
+    document held out for validation could be trained on through its twin."""
+    from crammer.cli import main
+
+    folder = tmp_path / "wiki"
+    folder.mkdir()
+    part = folder / "part.txt"
+    part.write_text(wiki_sample.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    args = ["data", "prepare", "--tokenizer", tok_file, "--out", str(tmp_path / "data"), "--quiet", "--seq-len", "16"]
+    assert main([*args, "--source", str(part), "--source", f"{part}::max_docs=3"]) == 2
+    assert capsys.readouterr().err == (f"cram: error: --source {part} given twice: its documents would be read twice "
+                                       "(and a held-out one trained on); give each source once (cap it with "
+                                       "::max_docs=N)\n")
+    assert error_of(tmp_path, [str(folder), str(tmp_path / "wiki" / "*.txt")], tok_file) == (
+        f"{part}: named by two sources ({folder} and {tmp_path / 'wiki' / '*.txt'}): its documents would be read "
+        "twice (and a held-out one trained on); give each file once")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_lone_surrogate_in_jsonl_is_repaired_counted_and_said(wiki_sample, tok_file, tmp_path, capsys):
+    """JSON's `"\\ud800"` decodes to a lone surrogate; before: `UnicodeEncodeError ... surrogates not allowed` in the
+    tokenizer trainer (`--skip-bad` too), `TypeError: TextEncodeInput must be ...` with `--tokenizer`."""
+    from crammer.cli import main
+
+    articles = [line for line in wiki_sample.read_text(encoding="utf-8")[:60_000].splitlines() if len(line) > 300]
+    articles[2] = articles[2][:200] + "\ud83d" + articles[2][200:]  # an emoji cut in half by a dump
+    source = tmp_path / "dump.jsonl"
+    source.write_text("".join(json.dumps({"text": a}) + "\n" for a in articles), encoding="ascii")
+    assert "\\ud83d" in source.read_text()
+    for extra in (["--vocab-size", "300"], ["--tokenizer", tok_file], ["--skip-bad", "--vocab-size", "300"]):
+        out = tmp_path / f"data{len(extra)}{extra[0]}"
+        assert main(["data", "prepare", "--source", str(source), "--out", str(out), "--quiet", "--seq-len", "32", "--filter-ratio", "0",
+                     *extra]) == 0
+        counts = json.loads((out / "manifest.json").read_text())["counts"]
+        assert counts["documents_repaired"] == 1 and counts["documents_read"] == len(articles)
+        assert capsys.readouterr().err == (f"data: warning: {out}: 1 document(s) held lone surrogates (invalid "
+                                           "Unicode, e.g. JSON's \"\\ud800\"); each was replaced by U+FFFD\n")

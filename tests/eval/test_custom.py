@@ -279,3 +279,74 @@ def test_our_own_model_tags_words_and_labels_sets(tiny_crammed, tmp_path):
     assert set(multi["tasks"]["multi-label"]["median"]) == {"micro_f1", "macro_f1"}
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "multi/model").config.problem_type == \
         "multi_label_classification"
+
+
+def test_finetune_reads_a_one_megabyte_csv_cell_and_warns_about_mixed_labels(tiny_bert, sst2_csv, tmp_path, capsys):
+    """Before: `big.csv:5: malformed CSV (field larger than field limit (131072))`, exit 2; labels `0`, `1` and
+    `pos` silently made three classes."""
+    train, dev = sst2_csv
+    rows = list(csv.reader(train.open()))[:41]
+    rows[4][0] = " ".join(r[0] for r in rows[1:]) * 700  # 1.5 MB
+    for row, label in zip(rows[1:], ["0", "1"] * 19 + ["pos"]):
+        row[1] = label
+    big = tmp_path / "big.csv"
+    write_csv(big, rows[0], rows[1:])
+    assert len(rows[4][0]) > 1 << 20
+    assert main(["finetune", "--model", str(tiny_bert), "--train", str(big), "--eval", str(big), "--text-column",
+                 "review", "--label-column", "sentiment", "--out", str(tmp_path / "out"), "--trials", "1", "epochs=1",
+                 "device=cpu", "max_length=32"]) == 0
+    err = capsys.readouterr().err
+    assert (f"cram finetune: warning: --train {big}: column 'sentiment': the labels mix integers (0, 1) and names "
+            "(pos): 3 separate classes; fix the data if that is not meant") in err
+    assert json.loads((tmp_path / "out/results.json").read_text())["data"]["train"]["examples"] == 40
+
+
+def test_a_lone_surrogate_in_finetune_data_is_a_bad_row(tiny_bert, sst2_csv, tmp_path, capsys):
+    """Before: `TypeError: TextEncodeInput must be Union[...]` from the tokenizer, a traceback."""
+    train, _ = sst2_csv
+    rows = [{"review": t, "sentiment": y} for t, y in list(csv.reader(train.open()))[1:41]]
+    rows[6]["review"] = rows[6]["review"][:5] + "\ud800" + rows[6]["review"][5:]
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    args = ["finetune", "--model", str(tiny_bert), "--train", str(data), "--eval", str(data), "--text-column",
+            "review", "--label-column", "sentiment", "--out", str(tmp_path / "out"), "--trials", "1", "epochs=1",
+            "device=cpu"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (f"cram: error: {data}:7: column 'review': a lone surrogate '\\ud800' at "
+                                       "character 6 (not valid Unicode); skip such rows with skip_malformed_rows=true\n")
+    assert not (tmp_path / "out").exists()
+    assert main([*args, "skip_malformed_rows=true"]) == 0
+    assert f"{data}: skipped 1 malformed row(s)" in capsys.readouterr().err
+
+
+def test_a_classifier_that_predicts_one_class_is_warned_about_next_to_the_baseline(tiny_bert, glue_dir, tmp_path,
+                                                                                   capsys):
+    """Before: "accuracy 65.0" while every prediction is the majority class (MCC 0.0), without a word. A model
+    fine-tuned with a learning rate that makes it collapse on real CoLA sentences: the log warns, results.md carries
+    the majority-class baseline row and the warning, and `--metric mcc` heads the table."""
+    cola = load_task("cola", glue_dir)
+    for name, split, n in (("train.csv", cola.train, 200), ("dev.csv", cola.evals[""], 100)):
+        part = split.subset(range(n))
+        write_csv(tmp_path / name, ["sentence", "acceptable"], [[t, str(y)] for t, y in zip(part.text_a, part.labels)])
+    majority = max(part.labels.count(0), part.labels.count(1))
+    out = tmp_path / "out"
+    assert main(["finetune", "--model", str(tiny_bert), "--train", str(tmp_path / "train.csv"), "--eval",
+                 str(tmp_path / "dev.csv"), "--text-column", "sentence", "--label-column", "acceptable", "--metric",
+                 "mcc", "--out", str(out), "--trials", "1", "device=cpu", "precision=fp32", "lr=0.05", "epochs=1", "max_length=32"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("mcc 0.0, accuracy ")
+    assert ("cram finetune: classification: warning: trial 1 predicted one class for every evaluation example: it "
+            f"learned no more than the class balance (majority-class baseline: accuracy {majority:.1f}, ") in captured.err
+    results = json.loads((out / "results.json").read_text())
+    summary = results["tasks"]["classification"]
+    assert results["primary_metric"] == "mcc"
+    assert summary["baseline"]["mcc"] == 0.0 and summary["baseline"]["accuracy"] == majority
+    assert summary["single_class_trials"] == [0]
+    md = (out / "results.md").read_text()
+    assert "**mcc: 0.0** (median; majority-class baseline 0.0)" in md
+    assert "| trial | seed | mcc | accuracy | macro_f1 | train time (s) |" in md
+    assert f"| majority-class baseline | | 0.0 | {majority:.1f} |" in md
+    assert "**Warning**: trial(s) 1 predicted one class for every evaluation example" in md
+    assert main(["finetune", "--model", str(tiny_bert), "--train", str(tmp_path / "train.csv"), "--eval",
+                 str(tmp_path / "dev.csv"), "--metric", "f1", "--out", str(tmp_path / "o2")]) == 2
+    assert capsys.readouterr().err == ("cram: error: --metric f1: classification is scored by accuracy, macro_f1, "
+                                       "mcc\n")

@@ -62,3 +62,17 @@ def test_glue_score_is_the_mean_of_nine_numbers():
     partial = glue_numbers({"rte": {"accuracy": 60.0}, "cola": {"mcc": 30.0}})
     assert glue_score(partial) is None and mean_score(partial) == 45.0
     assert mean_score({}) is None
+
+
+def test_the_baseline_is_what_a_model_that_learned_nothing_scores():
+    from crammer.eval.metrics import baseline_metrics
+
+    assert baseline_metrics("mcc", [0, 1, 1, 1]) == {"mcc": 0.0}
+    assert baseline_metrics("classification", [2, 0, 2, 2]) == pytest.approx(
+        {"accuracy": 75.0, "macro_f1": 100 * (6 / 7) / 2, "mcc": 0.0})
+    assert baseline_metrics("f1", [1, 1, 0]) == pytest.approx({"f1": 80.0, "accuracy": 100 * 2 / 3})
+    assert baseline_metrics("correlation", [0.5, 3.0, 4.2]) == {"pearson": 0.0, "spearman": 0.0}
+    assert baseline_metrics("multi-label", [[1, 0], [1, 0], [0, 1]]) == pytest.approx(
+        {"micro_f1": 100 * 4 / 6, "macro_f1": 100 * 0.8 / 2})  # TP 2, FP 1, FN 1
+    assert baseline_metrics("entities", [[0, 0, 1], [0, 2]], ["O", "B-LOC", "I-LOC"]) == pytest.approx(
+        {"entity_f1": 0.0, "token_accuracy": 60.0})

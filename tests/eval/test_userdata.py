@@ -201,3 +201,42 @@ def test_tsv_has_no_quoting_like_glue(glue_dir, tmp_path):
     path.write_text('text\tlabel\n" quoted start\tpos\nplain\tneg\n')
     split, _, _ = read_split(str(path), DataSpec(), "train")
     assert split.text_a == ['" quoted start', "plain"]
+
+
+def test_a_one_megabyte_cell_is_ordinary_data_in_csv_and_tsv(sst2, tmp_path):
+    """A long text is read whole (it is truncated to max_length later); before: `big.csv:5: malformed CSV (field
+    larger than field limit (131072))`, skip_malformed_rows=true or not, while the same rows as JSONL read fine."""
+    train, _ = sst2
+    rows = [[t, SENTIMENT[y]] for t, y in zip(train.text_a[:8], train.labels[:8])]
+    text = " ".join(train.text_a) + " "
+    rows[3][0] = text * (1 + (1 << 20) // len(text))
+    assert len(rows[3][0]) > 1 << 20
+    spec = DataSpec("classification", ("review",), "sentiment")
+    reference, _, _ = read_split(str(write_jsonl(tmp_path / "big.jsonl", [{"review": t, "sentiment": y}
+                                                                           for t, y in rows])), spec, "train")
+    for path in (write_csv(tmp_path / "big.csv", ["review", "sentiment"], rows),
+                 write_csv(tmp_path / "big.tsv", ["review", "sentiment"], rows, delimiter="\t")):
+        for skip in (False, True):
+            split, labels, skipped = read_split(str(path), spec, "train", skip_malformed_rows=skip)
+            assert (split.text_a, split.labels, labels, skipped) == (reference.text_a, reference.labels, ("neg", "pos"),
+                                                                     0), path
+
+
+def test_a_folder_given_as_data_file_is_called_a_folder(tmp_path):
+    """Before: `--train DIR: no such file`, although it is there."""
+    with pytest.raises(CrammerError, match=rf"^--train {tmp_path}: is a folder; give one data file$"):
+        read_split(str(tmp_path), DataSpec(), "train")
+    with pytest.raises(CrammerError, match=rf"^--eval {tmp_path / 'gone.csv'}: no such file$"):
+        read_split(str(tmp_path / "gone.csv"), DataSpec(), "eval")
+
+
+def test_labels_mixing_integers_and_names_are_warned_about(tmp_path):
+    """`0`, `1` and a stray `pos` are three classes: said in so many words (before: silently)."""
+    from crammer.eval.userdata import mixed_labels
+
+    write_csv(tmp_path / "mixed.csv", ["text", "label"], [["good", "1"], ["bad", "0"], ["fine", "pos"], ["ok", "1"]])
+    _, labels, _ = read_split(str(tmp_path / "mixed.csv"), DataSpec(), "train")
+    assert labels == ("0", "1", "pos")
+    assert mixed_labels(labels) == ("the labels mix integers (0, 1) and names (pos): 3 separate classes; fix the "
+                                    "data if that is not meant")
+    assert mixed_labels(("0", "1")) is None and mixed_labels(("neg", "pos")) is None

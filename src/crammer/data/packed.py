@@ -14,6 +14,31 @@ from crammer.data.manifest import Manifest
 from crammer.errors import CrammerError
 
 
+VERIFY_ROWS = 1 << 16  # sequences read at a time by `verify_token_ids`: memory flat in shard size
+
+
+def verify_token_ids(path: str | Path) -> tuple[int, int]:
+    """Read every token of every shard (training and validation) and check it is an id of the corpus's
+    vocabulary: a damaged shard, or one written with another tokenizer, would otherwise index past the model's
+    embedding table. (token count, shard count); a CrammerError names the first id out of range, its shard,
+    sequence and position."""
+    tokens = shards = 0
+    for split in ("train", "validation"):
+        corpus = PackedCorpus(path, split)  # type: ignore[arg-type]
+        entries = corpus.manifest.shards if split == "train" else corpus.manifest.validation_shards
+        for entry, array in zip(entries, corpus._shards):
+            for start in range(0, len(array), VERIFY_ROWS):
+                block = np.asarray(array[start:start + VERIFY_ROWS])
+                if block.size and (block.max() >= corpus.vocab_size or block.min() < 0):
+                    row, column = (int(i) for i in np.argwhere((block >= corpus.vocab_size) | (block < 0))[0])
+                    raise CrammerError(f"{corpus.path / entry.file}: token id {block[row, column]} at sequence "
+                                       f"{start + row}, position {column} is not in the vocabulary (ids 0-"
+                                       f"{corpus.vocab_size - 1}): a damaged shard, or one of another tokenizer")
+                tokens += block.size
+            shards += 1
+    return tokens, shards
+
+
 class PackedCorpus:
     """Memory-mapped view of the token blocks of a prepared corpus: its training blocks, or with
     `split="validation"` the blocks of its held-out documents (none in corpora prepared before the split)."""

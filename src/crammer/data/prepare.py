@@ -152,7 +152,8 @@ def _pack(cfg: CorpusConfig, sources: list[Source], fingerprints: list[list[dict
     packed = Packed(final.shards, validation.shards if validation else [], held_out)
     return packed, Counts(
         documents_read=stats.documents_read, documents_bad=stats.documents_bad,
-        documents_empty=stats.documents_empty, characters_read=stats.characters_read,
+        documents_empty=stats.documents_empty, documents_repaired=stats.documents_repaired,
+        characters_read=stats.characters_read,
         documents_filtered=tally["documents_filtered"], documents_deduplicated=tally["documents_deduplicated"],
         documents_kept=tally["documents_kept"], tokens=tally["tokens"], tokens_unk=tally["tokens_unk"],
         tokens_dropped_remainder=dropped, sequences=final.num_sequences, documents_per_source=stats.per_source,
@@ -241,6 +242,9 @@ def _manifest(cfg: CorpusConfig, sources: list[Source], fingerprints: list[list[
 
 
 def _summarize(out: Path, manifest: Manifest, progress: bool) -> None:
+    if manifest.counts.documents_repaired:
+        print(f"data: warning: {out}: {manifest.counts.documents_repaired} document(s) held lone surrogates (invalid "
+              "Unicode, e.g. JSON's \"\\ud800\"); each was replaced by U+FFFD", file=sys.stderr)
     if (manifest.unk_fraction or 0) > UNK_WARNING:
         print(f"data: warning: {out}: {manifest.unk_fraction:.1%} of the tokens are [UNK]; the tokenizer does "
               "not cover this text (another language or script? trained on too few documents?)", file=sys.stderr)

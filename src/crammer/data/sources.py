@@ -12,7 +12,8 @@ each optionally followed by `::max_docs=N` to cap that source.
 fingerprint (the cache key) and yields its records in a fixed order, so the same specs always give the
 same stream. `read_documents` is the one place that applies the caps and the bad-record policy: a bad
 record (undecodable bytes, invalid JSON, no text field) is a CrammerError naming file:line, or, with
-`skip_bad`, is skipped and counted.
+`skip_bad`, is skipped and counted; a text with lone surrogates (invalid Unicode, from JSON escapes) is
+repaired and counted.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Generator, Iterable, Iterator
 
-from crammer.data.formats import (COMPRESSIONS, FORMATS, BadRecord, Record, file_records, is_supported, open_file,
-                                  record_text)
+from crammer.data.formats import (COMPRESSIONS, FORMATS, BadRecord, Record, file_records, is_supported,
+                                  lone_surrogate, open_file, record_text, repair_surrogates)
 from crammer.data.manifest import is_prepared_corpus
 from crammer.errors import CrammerError
 
@@ -45,6 +46,7 @@ class ReadStats:
     documents_read: int = 0
     documents_bad: int = 0
     documents_empty: int = 0
+    documents_repaired: int = 0  # lone surrogates replaced by U+FFFD
     characters_read: int = 0
     bytes_done: int = 0  # on-disk bytes of finished files
     per_source: dict[str, int] = field(default_factory=dict)
@@ -195,6 +197,7 @@ def read_documents(
     sources: list[Source], text_field: str, skip_bad: bool, max_docs: int | None, stats: ReadStats
 ) -> Iterator[str]:
     """All documents of all sources in order, honouring per-source and global caps."""
+    check_distinct(sources)
     for source in sources:
         records = source.documents(text_field, stats)
         taken = 0
@@ -211,12 +214,29 @@ def read_documents(
             if not text or text.isspace():  # blank; `text.strip()` would copy a long document
                 stats.documents_empty += 1
                 continue
+            if lone_surrogate(text) is not None:  # kept, repaired: one bad character is no reason to drop it
+                text = repair_surrogates(text)
+                stats.documents_repaired += 1
             taken += 1
             stats.documents_read += 1
             stats.characters_read += len(text)
-            stats.per_source[source.spec] = taken
+            stats.per_source[source.spec] = stats.per_source.get(source.spec, 0) + 1
             yield text
         records.close()
+
+
+def check_distinct(sources: list[Source]) -> None:
+    """Refuse a file that two sources name (a folder and a file in it, overlapping globs): its documents would
+    be read twice, and a document held out for validation could also be trained on."""
+    named: dict[Path, str] = {}
+    for source in sources:
+        if not isinstance(source, FileSource):
+            continue
+        for path in expand_files(source.path):
+            first = named.setdefault(path.resolve(), source.spec)
+            if first != source.spec:
+                raise CrammerError(f"{path}: named by two sources ({first} and {source.spec}): its documents would "
+                                   "be read twice (and a held-out one trained on); give each file once")
 
 
 def expand_files(target: str) -> list[Path]:

@@ -120,6 +120,9 @@ def _register_finetune(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="results folder (default runs/finetune/<model>-<train file>-"
                    "<protocol>)")
     p.add_argument("--save-model", action="store_true", help="save the best trial's fine-tuned model in OUT/model")
+    p.add_argument("--metric", metavar="NAME", help="the metric that ranks trials and heads the table: accuracy "
+                   "(default), macro_f1 or mcc for classification; pearson (default) or spearman; micro_f1 "
+                   "(default) or macro_f1 for multi-label; entity_f1 (default) or token_accuracy")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="FinetuneConfig overrides")
     p.set_defaults(func=_finetune)
 
@@ -136,7 +139,7 @@ def _finetune(args: argparse.Namespace) -> int:
     out = args.out or str(Path("runs") / "finetune" / f"{_slug(args.model)}-{train_name}-{config.protocol}")
     log = lambda msg: print(f"cram finetune: {msg}", file=sys.stderr)  # noqa: E731
     results = evaluate_finetune(args.model, data, args.train, args.eval, config, out, log=log,
-                                save_model=args.save_model)
+                                save_model=args.save_model, metric=args.metric)
     summary = results["tasks"][data.kind]
     print(", ".join(f"{m} {v:.1f}" for m, v in summary["median"].items()) + f" (median of {config.trials})")
     print(Path(out) / "results.md")

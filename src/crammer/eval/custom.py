@@ -27,7 +27,7 @@ from crammer.eval.finetune import model_identity, run_trial
 from crammer.eval.spec import TaskSpec, spec_for
 from crammer.eval.trials import (Job, TrialRunner, check_model, encode_job, fmt, load_finished, protocol_line,
                                  run_pending, summarize_task, task_table, write_results)
-from crammer.eval.userdata import DataSpec, fingerprint, read_split
+from crammer.eval.userdata import DataSpec, fingerprint, mixed_labels, read_split
 from crammer.io import atomic_dir, atomic_write_json, exclusive_folder, read_json
 
 MODEL_DIR = "model"
@@ -36,12 +36,14 @@ MODEL_MARKER = "finetune.json"  # in MODEL_DIR: which trial it is, under which k
 
 def evaluate_finetune(model: str, data: DataSpec, train: str, eval: str, config: FinetuneConfig,
                       out_dir: str | Path, log: Callable[[str], None] = print, save_model: bool = False,
-                      runner: TrialRunner = run_trial) -> dict:
+                      runner: TrialRunner = run_trial, metric: str | None = None) -> dict:
     """Fine-tune `model` on `train` for `config.trials` seeds, score each on `eval`; write and return the
-    results (see module doc). `runner` runs one trial (`finetune.run_trial`'s signature)."""
+    results (see module doc). `runner` runs one trial (`finetune.run_trial`'s signature); `metric` ranks the
+    trials and heads the table (default: the task kind's usual one, `spec.PRIMARY_METRICS`)."""
     out_dir = Path(out_dir)
     with exclusive_folder(out_dir, "fine-tuning output folder"):  # one writer per results folder
         model = str(model)
+        spec_for(data.kind, (), metric)  # an unknown --metric fails before any work
         tokenizer, device = check_model(model, config, out_dir)
         if data.kind == "token-classification" and not getattr(tokenizer, "is_fast", False):
             raise CrammerError(f"--model {model}: token classification needs a fast tokenizer (tokenizer.json)")
@@ -49,11 +51,13 @@ def evaluate_finetune(model: str, data: DataSpec, train: str, eval: str, config:
         if data.kind == "classification" and len(labels) < 2:
             raise CrammerError(f"--train {train}: column {data.label_column!r} has one label only ({labels[0]!r}); "
                                "a classifier needs two or more")
+        if data.kind in ("classification", "multi-label") and (mixed := mixed_labels(labels)):
+            log(f"warning: --train {train}: column {data.label_column!r}: {mixed}")
         eval_split, _, skipped_eval = read_split(eval, data, "eval", labels or None, config.skip_malformed_rows)
         for skipped, source in ((skipped_train, train), (skipped_eval, eval)):
             if skipped:
                 log(f"{source}: skipped {skipped} malformed row(s)")
-        spec = spec_for(data.kind, labels)
+        spec = spec_for(data.kind, labels, metric)
         sources = {"train": fingerprint(train, "train"), "eval": fingerprint(eval, "eval")}
         key = config.trial_key(model_identity(model), config_hash({**to_dict(data), **sources}))
         name = data.kind
@@ -142,6 +146,8 @@ def render_markdown(results: dict) -> str:
     name = task["kind"]
     summary = results["tasks"][name]
     labels = task["labels"]
+    primary = results["primary_metric"]
+    baseline = summary.get("baseline", {}).get(primary)
     lines = [
         f"# Fine-tuning results: `{results['model']}`", "",
         protocol_line(cfg, results["protocol"]), "",
@@ -153,8 +159,9 @@ def render_markdown(results: dict) -> str:
         f"`{data['eval']['source']}` ({data['eval']['examples']} examples"
         + (f", at most {cfg['max_eval_examples']} used" if cfg["max_eval_examples"] else "") + ").",
         "",
-        f"**{results['primary_metric']}: {fmt(summary['median'][results['primary_metric']])}** (median); best trial "
-        f"{results['best_trial'] + 1}" + (f", saved in `{results['saved_model']}`" if results["saved_model"] else "")
+        f"**{primary}: {fmt(summary['median'][primary])}** (median"
+        + (f"; {'chance' if task['kind'] == 'regression' else 'majority-class baseline'} {fmt(baseline)}"
+           if baseline is not None else "") + f"); best trial {results['best_trial'] + 1}" + (f", saved in `{results['saved_model']}`" if results["saved_model"] else "")
         + ".",
     ]
     lines += task_table(name, summary)

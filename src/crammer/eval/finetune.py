@@ -267,10 +267,14 @@ def run_trial(
 
     start = time.perf_counter()
     metrics = {}
+    classes_predicted = {}
     for split_name, data in evals.items():
         predictions = predict(forward, data, spec, pad_id, cfg.eval_batch_size, multiple, device, precision)
         values = compute_metrics(spec.metric, predictions, data.targets, spec.labels)
         metrics.update({f"{k}_{split_name}" if split_name else k: v for k, v in values.items()})
+        if spec.labels and spec.kind != "multi-label":  # a collapsed classifier predicts one class for all
+            classes_predicted[split_name or "dev"] = len(set(
+                (t for row in predictions for t in row) if spec.is_token_level else predictions))
     result = {
         "metrics": metrics,
         "seed": seed,
@@ -279,6 +283,7 @@ def run_trial(
         "last_epoch_train_loss": epoch_loss.item() / steps_per_epoch,
         "train_examples": len(train),
         "eval_examples": {name or "dev": len(d) for name, d in evals.items()},
+        "classes_predicted": classes_predicted,
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(time.perf_counter() - start, 2),
         "device": str(device),

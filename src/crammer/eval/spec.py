@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from crammer.errors import CrammerError
+
 TaskKind = Literal["classification", "regression", "multi-label", "token-classification"]
 TASK_KINDS: tuple[str, ...] = ("classification", "regression", "multi-label", "token-classification")
 # GLUE's metrics ("mcc", "accuracy", "f1", "correlation") and the ones of `cram finetune`'s task kinds.
@@ -19,6 +21,11 @@ KIND_METRICS: dict[str, str] = {"classification": "classification", "regression"
 # The metric that ranks trials (`--save-model` keeps the best) and comes first in the tables.
 PRIMARY_METRICS: dict[str, str] = {"classification": "accuracy", "correlation": "pearson",
                                    "multi-label": "micro_f1", "entities": "entity_f1"}
+# The metrics each family reports (`--metric` picks the one that ranks trials among them).
+METRIC_NAMES: dict[str, tuple[str, ...]] = {"classification": ("accuracy", "macro_f1", "mcc"),
+                                            "correlation": ("pearson", "spearman"),
+                                            "multi-label": ("micro_f1", "macro_f1"),
+                                            "entities": ("entity_f1", "token_accuracy")}
 # Hugging Face's `config.problem_type` of each kind (token classification has none: its loss is per token).
 PROBLEM_TYPES: dict[str, str | None] = {"classification": "single_label_classification", "regression": "regression",
                                         "multi-label": "multi_label_classification", "token-classification": None}
@@ -46,7 +53,10 @@ class TaskSpec:
         return self.kind == "token-classification"
 
 
-def spec_for(kind: str, labels: tuple[str, ...]) -> TaskSpec:
-    """The spec of a user's task: the kind's metric family, its primary metric first."""
+def spec_for(kind: str, labels: tuple[str, ...], primary: str | None = None) -> TaskSpec:
+    """The spec of a user's task: the kind's metric family, its primary metric (`primary`, else the family's
+    usual one) first."""
     metric = KIND_METRICS[kind]
-    return TaskSpec(kind, labels, metric, (PRIMARY_METRICS[metric],))  # type: ignore[arg-type]
+    if primary is not None and primary not in METRIC_NAMES[metric]:
+        raise CrammerError(f"--metric {primary}: {kind} is scored by {', '.join(METRIC_NAMES[metric])}")
+    return TaskSpec(kind, labels, metric, (primary or PRIMARY_METRICS[metric],))  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from crammer.errors import CrammerError
 from crammer.eval.batching import Encoded, encode
 from crammer.eval.config import FinetuneConfig
 from crammer.eval.finetune import check_max_length, load_model_config, load_tokenizer, run_trial
+from crammer.eval.metrics import baseline_metrics
 from crammer.eval.spec import TaskSpec
 from crammer.eval.tasks import Split
 from crammer.io import atomic_write_json, atomic_write_text, read_json
@@ -104,27 +105,50 @@ def run_pending(model: str, out_dir: Path, job: Job, done: dict[int, dict | None
         return [done[k] for k in sorted(done)]
     log(f"{job.name}: loading data")
     train, evals = encode_job(job, config, tokenizer)
+    baseline = baseline_of(job.spec, evals)
     for k in pending:
         seed = config.seed + k
         log(f"{job.name}: trial {k + 1}/{config.trials} (seed {seed}) on {len(train)} examples")
         hook = None if finished is None else (lambda m, r, k=k: finished(k, m, r))
         result = runner(model, job.spec, train, evals, tokenizer.pad_token_id, config, seed, device,
                         desc=f"{job.name} trial {k + 1}/{config.trials}", finished=hook)
-        result = {"task": job.name, "trial": k, "model": model, "trial_key": key, **result}
+        result = {"task": job.name, "trial": k, "model": model, "trial_key": key, **result, "baseline": baseline}
         atomic_write_json(trial_path(out_dir, job.name, k), result)
         log(f"{job.name}: trial {k + 1}: " + ", ".join(f"{m} {v:.1f}" for m, v in result["metrics"].items()))
+        if _single_class(result):
+            log(f"{job.name}: warning: trial {k + 1} predicted one class for every evaluation example: it learned no "
+                "more than the class balance (majority-class baseline: " + ", ".join(
+                    f"{m} {v:.1f}" for m, v in baseline.items()) + ")")
         done[k] = result
     return [done[k] for k in sorted(done)]
 
 
+def baseline_of(spec: TaskSpec, evals: dict[str, Encoded]) -> dict[str, float]:
+    """The baseline's metrics on each evaluation split (see `metrics.baseline_metrics`), named as a trial's."""
+    out = {}
+    for name, data in evals.items():
+        values = baseline_metrics(spec.metric, data.targets, spec.labels)
+        out.update({f"{k}_{name}" if name else k: v for k, v in values.items()})
+    return out
+
+
+def _single_class(result: dict) -> bool:
+    """Whether the trial predicted one class (tag) for every example of an evaluation split."""
+    return 1 in result.get("classes_predicted", {}).values()
+
+
 def summarize_task(runs: list[dict], primary: Sequence[str]) -> dict:
-    """Median and spread (min, max, standard deviation over the trials) of each metric, the primary ones first."""
+    """Median and spread (min, max, standard deviation over the trials) of each metric, the primary ones first;
+    the baseline of the evaluation data, and the trials that predicted a single class."""
     keys = sorted(runs[0]["metrics"], key=lambda m: (m not in primary, m))
     values = {m: [r["metrics"][m] for r in runs] for m in keys}
+    baseline = runs[0].get("baseline") or {}  # trials written before baselines were recorded have none
     return {
         "median": {m: statistics.median(v) for m, v in values.items()},
         "spread": {m: {"min": min(v), "max": max(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
                    for m, v in values.items()},
+        "baseline": {m: baseline[m] for m in keys if m in baseline},
+        "single_class_trials": [r["trial"] for r in runs if _single_class(r)],
         "trials": [{"trial": r["trial"], "seed": r["seed"], "metrics": r["metrics"],
                     "train_seconds": r["train_seconds"]} for r in runs],
     }
@@ -146,6 +170,16 @@ def task_table(name: str, task: dict) -> list[str]:
         lines.append("| min–max (std) | | " + " | ".join(
             f"{fmt(task['spread'][k]['min'])}–{fmt(task['spread'][k]['max'])} ({task['spread'][k]['std']:.1f})"
             for k in keys) + " | |")
+    baseline = task.get("baseline")
+    if baseline:
+        chance = all(k.startswith(("pearson", "spearman")) for k in baseline)
+        lines.append(f"| {'chance' if chance else 'majority-class baseline'} | | "
+                     + " | ".join(fmt(baseline.get(k)) for k in keys) + " | |")
+    single = task.get("single_class_trials")
+    if single:
+        lines += ["", f"**Warning**: trial(s) {', '.join(str(t + 1) for t in single)} predicted one class for every "
+                  "evaluation example: such a model learned no more than the class balance (compare the "
+                  "majority-class baseline row)."]
     return lines
 
 

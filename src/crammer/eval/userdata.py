@@ -119,6 +119,17 @@ def label_set(values: list[Any], kind: str) -> tuple[str, ...]:
     return tuple(sorted(names, key=(lambda n: (int(n), n)) if integral else None))
 
 
+def mixed_labels(labels: tuple[str, ...]) -> str | None:
+    """A warning when the label set mixes integers and names (`0`, `1`, `pos`): each is a class of its own,
+    which is rarely what was meant (a stray `pos` among 0/1 labels makes three classes)."""
+    numbers = [n for n in labels if _is_int(n)]
+    names = [n for n in labels if not _is_int(n)]
+    if not numbers or not names:
+        return None
+    return (f"the labels mix integers ({_names(tuple(numbers), 5)}) and names ({_names(tuple(names), 5)}): "
+            f"{len(labels)} separate classes; fix the data if that is not meant")
+
+
 def _names(labels: tuple[str, ...], limit: int = 10) -> str:
     shown = ", ".join(labels[:limit])
     return shown + (f", ... ({len(labels)} in all)" if len(labels) > limit else "")
@@ -136,12 +147,24 @@ def _text(row: dict, column: str, kind: str) -> Any:
             raise BadRow(f"column {column!r}: no words")
         if not all(isinstance(w, str) and w.strip() for w in words):
             raise BadRow(f"column {column!r}: every word must be a non-empty string")
+        for word in words:
+            _valid_unicode(word, column)
         return words
     if value is None or (isinstance(value, str) and not value.strip()):
         raise BadRow(f"column {column!r}: empty text")
     if not isinstance(value, str):
         raise BadRow(f"column {column!r}: text is {type(value).__name__}, not a string")
+    _valid_unicode(value, column)
     return value
+
+
+def _valid_unicode(text: str, column: str) -> None:
+    """A lone surrogate (JSON's `"\ud800"`) is text no tokenizer takes: a bad row, named, not a TypeError later."""
+    from crammer.data.formats import lone_surrogate
+
+    at = lone_surrogate(text)
+    if at is not None:
+        raise BadRow(f"column {column!r}: a lone surrogate {text[at]!a} at character {at + 1} (not valid Unicode)")
 
 
 def _label(row: dict, data: DataSpec) -> Any:
@@ -203,6 +226,8 @@ def records(source: str, columns: tuple[str, ...], kind: str, role: str) -> Iter
         yield from _hub_records(source, columns, role)
         return
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise CrammerError(f"--{role} {source}: is a folder; give one data file")
     if not path.is_file():
         raise CrammerError(f"--{role} {source}: no such file")
     fmt = data_format(path)
@@ -264,7 +289,13 @@ def _missing_columns(where: str, have: list[str], columns: tuple[str, ...]) -> N
                            "name yours with --text-column / --label-column")
 
 
+# A cell may hold a whole document (it is truncated to max_length later): no limit of the csv module's own
+# (128 KiB by default, which made valid files "malformed").
+FIELD_SIZE_LIMIT = 2**31 - 1
+
+
 def _table_records(path: Path, columns: tuple[str, ...], delimiter: str) -> Iterator[Record]:
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader((line for _, line in _lines(path)), delimiter=delimiter, quoting=quoting, strict=True)
     try:

@@ -85,10 +85,19 @@ def render_model_card(facts: ModelCardFacts | Mapping[str, Any]) -> str:
         tags=["crammer", "cramming", "bert", "fill-mask", "masked-lm", "custom_code"],
     )
     sections = [f"---\n{metadata.to_yaml()}\n---", MARKER, f"# {facts.title}",
-                ("A BERT-style encoder pretrained from scratch on one GPU within a fixed budget (\"cramming\", "
-                 "Geiping & Goldstein 2022) with crammer."),
+                (f"A BERT-style encoder pretrained from scratch on {_hardware_phrase(facts)} within a fixed budget "
+                 "(\"cramming\", Geiping & Goldstein 2022) with crammer."),
                 _model_section(facts), _training_section(facts), _glue_section(facts), _usage_section(facts)]
     return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _hardware_phrase(facts: ModelCardFacts) -> str:
+    """What it was pretrained on, as the hardware row records it (a CPU run is no GPU run)."""
+    if facts.gpu is None:
+        return "one machine"
+    if facts.gpu.upper() == "CPU":
+        return "a CPU"
+    return f"{facts.world_size} GPUs" if facts.world_size > 1 else "one GPU"
 
 
 def write_model_card(folder: str | Path, facts: ModelCardFacts | Mapping[str, Any]) -> Path:

@@ -210,7 +210,7 @@ class CrammedBertFeedForward(nn.Module):
 class CrammedBertLayer(GradientCheckpointingLayer):
     """One transformer block; pre-LN (crammed: stable at high learning rates) or post-LN (original BERT).
 
-    A `GradientCheckpointingLayer`: after `model.gradient_checkpointing_enable()` its activations are recomputed in
+    A `GradientCheckpointingLayer`: after `model.activation_checkpointing_enable()` its activations are recomputed in
     the backward pass instead of stored (the residual stream `x` is the first positional argument, as it must be).
     """
 

@@ -232,11 +232,62 @@ def _recorded_data_dir(run_dir: Path, state: RunState) -> Path | None:
     return next((d for d in candidates if (d / MANIFEST).is_file()), candidates[0])
 
 
+class _PretrainLayout(RunLayout):
+    """A `cram pretrain` folder: its own root holds what a `cram run` folder keeps in `pretrain/`."""
+
+    @property
+    def pretrain(self) -> Path:
+        return self.root
+
+
+def _pretrain_report(run_dir: Path) -> tuple[Path, Path]:
+    """The report of a plain `cram pretrain` folder: its corpus, model, curves and how it was configured."""
+    from crammer.train.files import CONFIG_FILE
+
+    layout = _PretrainLayout(run_dir)
+    config = read_json(run_dir / CONFIG_FILE)
+    summary = read_json(layout.final / SUMMARY_FILE) if (layout.final / SUMMARY_FILE).is_file() else None
+    metrics = read_metrics(run_dir) if (run_dir / METRICS_FILE).is_file() else []
+    data_dir = Path(summary["data"]) if summary and summary.get("data") else None
+
+    doc = Document(f"crammer pretraining run: {run_dir.name}")
+    doc.add(Heading("Summary"), Bullets([
+        f"pretraining: finished ({duration(summary['elapsed_s'])} of the budget)" if summary else
+        "pretraining: not finished (still running or interrupted; `--resume` continues it)",
+        f"model preset `{config.get('model')}`" + (f" with {', '.join(config['model_overrides'])}"
+                                                   if config.get("model_overrides") else ""),
+        "budget: " + (duration(config["budget_seconds"]) if config.get("budget_seconds")
+                      else f"{config.get('budget_tokens'):,} tokens"),
+    ]))
+    seq_len = None
+    if data_dir is not None and (data_dir / MANIFEST).is_file():
+        seq_len = _data_section(doc, data_dir, metrics[-1]["tokens"] if metrics else None)
+    else:
+        doc.add(Heading("Data"), Paragraph(
+            f"The corpus, `{data_dir}`, is not there (moved, or named relative to another working directory)."
+            if data_dir else "The corpus is named in final/pretraining.json, written when pretraining finishes."))
+    flops = _model_section(doc, layout.final, seq_len, config.get("masking", {}).get("fraction"))
+    _training_section(doc, layout, metrics, flops)
+    doc.add(Heading("Reproducibility"), Paragraph(f"The resolved configuration ({CONFIG_FILE}):"),
+            Code(json.dumps(config, indent=2, sort_keys=True), "json"))
+    atomic_write_text(layout.report_md, to_markdown(doc, run_dir))
+    atomic_write_text(layout.report_html, to_html(doc))
+    return layout.report_md, layout.report_html
+
+
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """(Re)write RUN_DIR/report.md and RUN_DIR/report.html from the files in RUN_DIR."""
+    """(Re)write RUN_DIR/report.md and RUN_DIR/report.html from the files in RUN_DIR: a `cram run` folder, or a
+    `cram pretrain` one; any other folder is refused (a report of nothing would read "not finished")."""
+    from crammer.train.files import CONFIG_FILE
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CrammerError(f"{run_dir}: no such run folder")
+    if not (run_dir / RUN_JSON).is_file():
+        if (run_dir / CONFIG_FILE).is_file():
+            return _pretrain_report(run_dir)
+        raise CrammerError(f"{run_dir}: not a run folder (no {RUN_JSON} of `cram run`, no {CONFIG_FILE} of "
+                           "`cram pretrain`)")
     layout = RunLayout(run_dir)
     run = read_json(run_dir / RUN_JSON) if (run_dir / RUN_JSON).is_file() else {}
     state = RunState.load(run_dir)

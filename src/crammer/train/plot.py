@@ -24,7 +24,7 @@ PLOTS: dict[str, tuple[str, list[tuple[str, str, float]]]] = {
     "val_accuracy": ("validation MLM accuracy (%)", [("val_accuracy", "masked-token top-1 %", 100.0)]),
     "lr": ("learning rate", [("lr", "lr", 1.0)]),
     "batch_size": ("global batch (sequences)", [("batch_size", "batch size", 1.0)]),
-    "throughput": ("throughput", [("tokens_per_s", "tokens/s", 1.0)]),
+    "throughput": ("training throughput (tokens/s)", [("tokens_per_s", "tokens/s", 1.0)]),
     "mfu": ("model FLOPs utilisation (%)", [("mfu", "MFU %", 100.0)]),
     "gpu_util": ("GPU utilisation (%)", [("gpu_util", "util %", 1.0)]),
     "gpu_memory": ("GPU memory (GB)", [("gpu_mem_used_gb", "used (NVML)", 1.0),
@@ -57,6 +57,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
             ax.plot(xs, ys, label=label, linewidth=1)
         ax.set_title(title)
         ax.set_xlabel("elapsed (hours)")
+        if len(series) == 1:
+            ax.set_ylabel(series[0][1])  # the unit: tokens/s, %, W, ...
         ax.grid(alpha=0.3)
         if len(lines) > 1:
             ax.legend()

@@ -124,12 +124,32 @@ def run_settings(model_dir: Path) -> tuple[MaskingConfig, int]:
     return VALIDATION_MASKING, EvalConfig().sequences
 
 
+def tokenizer_difference(a: Path, b: Path) -> str | None:
+    """The first part that tells two `tokenizer.json` files apart in the ids they give a text (the vocabulary,
+    the special tokens, the normalizer, the pre-tokenizer, the model's other settings), or None. Truncation,
+    padding and the post-processor do not change them: `cram data prepare --tokenizer` switches off the first
+    two of a model's own tokenizer, and its file's bytes then differ from the model's."""
+    from crammer.io import read_json
+
+    def parts(path: Path) -> dict:
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise CrammerError(f"{path}: not a tokenizer (a JSON object expected)")
+        model = dict(data.get("model") or {})
+        specials = sorted((t.get("id"), t.get("content"), t.get("special")) for t in data.get("added_tokens") or [])
+        return {"the vocabulary": model.pop("vocab", None), "the special tokens": specials,
+                "the normalizer": data.get("normalizer"), "the pre-tokenizer": data.get("pre_tokenizer"),
+                "the tokenizer model's settings": model}
+
+    ours, theirs = parts(a), parts(b)
+    return next((name for name in ours if ours[name] != theirs[name]), None)
+
+
 def validate_model(model: str | Path, data: str | Path, sequences: int | None = None, batch_size: int = 32,
                    device: str = "auto", precision: str = "auto") -> ValidationResult:
     """Validation loss and accuracy of a saved MLM folder (ours, or a Hugging Face one with the corpus's
     tokenizer) on a prepared corpus's validation split: the measurement pretraining logs."""
     from crammer.runtime import resolve_device, resolve_precision
-    from crammer.train.checkpoint import file_digest
 
     model_dir = Path(model).expanduser()
     corpus = PackedCorpus(data)
@@ -137,9 +157,11 @@ def validate_model(model: str | Path, data: str | Path, sequences: int | None = 
         raise CrammerError(f"{model_dir}: not a model folder (no config.json); a checkpoint written before "
                            "checkpoints were models has none: use RUN_DIR/final or a newer checkpoint")
     tokenizer = model_dir / "tokenizer.json"
-    if tokenizer.is_file() and file_digest(tokenizer) != file_digest(corpus.path / "tokenizer.json"):
-        raise CrammerError(f"{model_dir}: its tokenizer is not the one of {corpus.path}; validation numbers "
-                           "compare only on the tokenizer the model was trained with")
+    if tokenizer.is_file():
+        differ = tokenizer_difference(tokenizer, corpus.path / "tokenizer.json")
+        if differ:
+            raise CrammerError(f"{model_dir}: its tokenizer is not the one of {corpus.path} ({differ} differs); "
+                               "validation numbers compare only on the tokenizer the model was trained with")
     masking, run_sequences = run_settings(model_dir)
     torch_device = resolve_device(device, "--device")
     resolved = resolve_precision(precision, torch_device, fp16=False)
