@@ -30,7 +30,7 @@ from crammer.report.document import (
     to_markdown,
 )
 from crammer.runfiles import (
-    METRICS_FILE, RUN_JSON, SUMMARY_FILE, RunLayout, RunState, read_metrics, training_rows, validation_rows)
+    CONFIG_FILE, METRICS_FILE, RUN_JSON, SUMMARY_FILE, RunLayout, RunState, read_metrics, training_rows, validation_rows)
 from crammer.train.plot import plot_run
 from crammer.units import duration, human
 
@@ -242,8 +242,6 @@ class _PretrainLayout(RunLayout):
 
 def _pretrain_report(run_dir: Path) -> tuple[Path, Path]:
     """The report of a plain `cram pretrain` folder: its corpus, model, curves and how it was configured."""
-    from crammer.train.files import CONFIG_FILE
-
     layout = _PretrainLayout(run_dir)
     config = read_json(run_dir / CONFIG_FILE)
     summary = read_json(layout.final / SUMMARY_FILE) if (layout.final / SUMMARY_FILE).is_file() else None
@@ -278,7 +276,6 @@ def _pretrain_report(run_dir: Path) -> tuple[Path, Path]:
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     """(Re)write RUN_DIR/report.md and RUN_DIR/report.html from the files in RUN_DIR: a `cram run` folder, or a
     `cram pretrain` one; any other folder is refused (a report of nothing would read "not finished")."""
-    from crammer.train.files import CONFIG_FILE
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
