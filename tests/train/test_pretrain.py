@@ -265,3 +265,27 @@ def test_a_signal_on_a_checkpoint_step_writes_the_stop_checkpoint_once(corpus, t
         trainer.run()
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000003"]
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_a_model_vocabulary_smaller_than_the_corpus_and_an_infinite_lr_are_refused_before_any_work(corpus, tmp_path,
+                                                                                                capsys):
+    base = ["pretrain", "--data", str(corpus), "--preset", "tiny", "--budget-tokens", "5120"]
+    assert main([*base, "--out", str(tmp_path / "small-vocab"), "model.vocab_size=100"]) == 2
+    err = capsys.readouterr().err
+    assert "model.vocab_size=100 is smaller than the data's vocabulary of 2000 tokens" in err and err.count("\n") == 1
+    assert not (tmp_path / "small-vocab" / "pretrain_config.json").exists()
+    assert main([*base, "--out", str(tmp_path / "inf"), "optim.lr=inf"]) == 2
+    assert "optim.lr=inf is out of range" in capsys.readouterr().err
+    assert not (tmp_path / "inf").exists()
+    assert main([*base, "--out", str(tmp_path / "inf"), "optim.lr=1e-3"]) == 0  # the corrected command runs
+
+
+def test_every_run_says_what_it_trains_and_what_came_after_the_budget(corpus, tmp_path, capsys):
+    final = pretrain(tiny(["batch.target=8"], seconds=4.0), corpus, tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "cram: model 'tiny': 2 layers x 128 hidden x 2 heads, " in err and " parameters" in err
+    summary = json.loads((final / "pretraining.json").read_text())
+    assert summary["training_s"] >= 4.0 and summary["final_validation_s"] > 0 and summary["saving_s"] > 0
+    assert summary["elapsed_s"] == pytest.approx(summary["training_s"] + summary["final_validation_s"]
+                                                 + summary["saving_s"])
+    assert f"then final validation {summary['final_validation_s']:.1f}s, saving" in err

@@ -225,3 +225,18 @@ def test_validate_takes_an_mlm_on_a_corpus_prepared_with_its_own_tokenizer(wiki_
     assert capsys.readouterr().err == (f"cram: error: {model}: its tokenizer is not the one of {data} (the normalizer "
                                        "differs); validation numbers compare only on the tokenizer the model was "
                                        "trained with\n")
+
+
+@pytest.mark.slow
+def test_a_one_minute_run_spends_at_most_its_share_evaluating(corpus, tmp_path):
+    """The default share (2%) holds on a short run, at its start too: evaluations are spread over the run (the
+    training since the last one pays for the next), never several on consecutive steps."""
+    final = pretrain(tiny(["batch.target=8"], seconds=60.0), corpus, tmp_path / "run")
+    rows = validation(tmp_path / "run")
+    longest = max(b["eval_seconds"] - a["eval_seconds"] for a, b in zip([{"eval_seconds": 0.0}, *rows], rows))
+    for row in rows:
+        assert row["eval_seconds"] <= 0.02 * row["elapsed_s"] + longest
+    periodic_steps = [r["step"] for r in rows[:-1]]
+    assert len(periodic_steps) >= 2 and all(b - a > 1 for a, b in zip(periodic_steps, periodic_steps[1:]))
+    summary = json.loads((final / "pretraining.json").read_text())
+    assert summary["eval_seconds"] <= 0.02 * summary["training_s"] + longest

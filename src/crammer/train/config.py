@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -168,7 +169,7 @@ class PretrainConfig:
         checks = [
             ("budget_seconds", self.budget_seconds is None or self.budget_seconds > 0),
             ("budget_tokens", self.budget_tokens is None or self.budget_tokens > 0),
-            ("optim.lr", self.optim.lr > 0),
+            ("optim.lr", 0 < self.optim.lr < math.inf),
             ("optim.betas", len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas)),
             ("optim.eps", self.optim.eps > 0),
             ("optim.weight_decay", self.optim.weight_decay >= 0),

@@ -107,9 +107,10 @@ class Pretrainer:
                 signum = self.signal_received or self.agreed_signal
                 raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} at step {self.state.step}; "
                                           f"checkpoint {path}; continue with --resume", signum)
+            training_s, started = self.clock.elapsed(), self.clock.now()  # then the end-of-budget work
             if self.validator is not None:
                 self.evaluate()
-            return self.save_final()
+            return self.save_final(training_s, self.clock.now() - started)
         finally:
             self.stream.close()
             self.logger.close()
@@ -236,16 +237,21 @@ class Pretrainer:
         self.model.config.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 
-    def save_final(self) -> Path:
-        """RUN_DIR/final: a Hugging Face folder (model + tokenizer + how it was trained)."""
+    def save_final(self, training_s: float | None = None, final_validation_s: float = 0.0) -> Path:
+        """RUN_DIR/final: a Hugging Face folder (model + tokenizer + how it was trained). The final validation
+        and the saving come after the budget (`training_s`, the clock when training stopped) and are reported
+        apart, so a user sees why the wall clock passed the budget."""
         final = self.run_dir / FINAL_DIR
         if self.dist.is_main:
             with atomic_dir(final) as tmp, no_transformers_bars():
                 self.model.save_pretrained(tmp, tokenizer=self.tokenizer)
                 elapsed = self.clock.elapsed()
+                training_s = elapsed if training_s is None else training_s
                 validation = self.last_validation
                 atomic_write_json(tmp / SUMMARY_FILE, {
                     "steps": self.state.step, "tokens": self.state.tokens, "elapsed_s": elapsed,
+                    "training_s": training_s, "final_validation_s": final_validation_s,
+                    "saving_s": elapsed - training_s - final_validation_s,
                     "nonfinite_steps": self.state.nonfinite_total, "rollbacks": self.state.rollbacks,
                     "parameters": count_parameters(self.model), "micro_batch": self.micro_batch,
                     "world_size": self.dist.world_size, "precision": self.precision,
@@ -256,8 +262,9 @@ class Pretrainer:
                 })
                 if self.model_card is not None:
                     self.model_card(tmp, self.corpus.path)  # inside final/'s staging folder: it appears complete
-            print(f"cram: pretrained {self.state.step} steps, {self.state.tokens:,} tokens in "
-                  f"{self.clock.elapsed():.0f}s -> {final}", file=sys.stderr)
+            saving_s = self.clock.elapsed() - training_s - final_validation_s
+            print(f"cram: pretrained {self.state.step} steps, {self.state.tokens:,} tokens in {training_s:.0f}s; then "
+                  f"final validation {final_validation_s:.1f}s, saving {saving_s:.1f}s -> {final}", file=sys.stderr)
         self.dist.barrier()
         return final
 

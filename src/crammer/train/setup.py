@@ -17,7 +17,8 @@ from torch import nn
 from crammer.config import to_dict
 from crammer.data import PackedCorpus
 from crammer.errors import CrammerError
-from crammer.model import CrammedBertConfig, CrammedBertForMaskedLM, make_config, training_flops_per_token
+from crammer.model import (CrammedBertConfig, CrammedBertForMaskedLM, count_parameters, make_config,
+                           training_flops_per_token)
 from crammer.model.presets import check_positions
 from crammer.runtime import configure_backends, resolve_precision, should_compile
 from crammer.train.checkpoint import load_latest, set_rng_state
@@ -32,13 +33,17 @@ from crammer.train.sizing import auto_micro_batch, cuda_memory_probe
 from crammer.train.state import Budget, BudgetClock, Pacing, TrainState
 from crammer.train.step import TrainStep
 from crammer.train.validation import VALIDATION_MASKING, Validator, validation_batches
+from crammer.units import human
 
 
 def model_config_for(cfg: PretrainConfig, vocab_size: int, seq_len: int, setting: str) -> CrammedBertConfig:
-    """The config's model for a vocabulary, checked against the sequence length it will see (`setting` names
-    where that length comes from) before anything is built: too long a sequence would otherwise fail in the
-    first forward pass, after minutes of compiling on a GPU."""
+    """The config's model for a vocabulary, checked against the vocabulary and the sequence length it will see
+    (`setting` names where that length comes from) before anything is built: too long a sequence or an id past
+    the embedding would otherwise fail in the first forward pass, after minutes of compiling on a GPU."""
     config = make_config(cfg.model, vocab_size, cfg.model_settings)
+    if config.vocab_size < vocab_size:  # ids the embedding has no row for would fail deep in the first step
+        raise CrammerError(f"model.vocab_size={config.vocab_size} is smaller than the data's vocabulary of "
+                           f"{vocab_size} tokens; leave model.vocab_size unset")
     check_positions(seq_len, config, setting, f"the {cfg.model!r} model",
                     f"pass model.max_position_embeddings={seq_len} or use sequences of at most {{limit}} tokens")
     return config
@@ -137,6 +142,11 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
     resume = claim_run_dir(run_dir, cfg, resume, dist.is_main)
 
     training = build_training(cfg, model_config, corpus.special_tokens, dist.device)
+    if dist.is_main:  # `--preset tiny model=original` is 111 M parameters: say what is being trained
+        overrides = f" with {' '.join(cfg.model_overrides)}" if cfg.model_overrides else ""
+        print(f"cram: model {cfg.model!r}{overrides}: {model_config.num_hidden_layers} layers x "
+              f"{model_config.hidden_size} hidden x {model_config.num_attention_heads} heads, "
+              f"{human(count_parameters(training.model))} parameters", file=sys.stderr)
     state, step_state = TrainState(), {}
     loaded = load_latest(run_dir, training.model, training.optimizer, dist.device) if resume else None
     if loaded:

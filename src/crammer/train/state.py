@@ -99,23 +99,30 @@ class Pacing:
 
     def evaluation_due(self, step: int, eval_seconds: float, batches_per_rank: int) -> bool:
         """every_steps, every_seconds, or (every_seconds=None) whenever one more evaluation keeps the share of
-        the elapsed budget spent evaluating (`eval_seconds` so far) within max_share."""
+        the elapsed budget spent evaluating (`eval_seconds` so far) within max_share, *and* the training time
+        since the last evaluation (or since the loop started: start-up pays for none) has earned it at that
+        share. So evaluations are spread over the run instead of spending, at once, a share that a long start-up
+        or a resumed run's earlier time would allow."""
         ev = self.evaluation
         if ev.every_steps and step % ev.every_steps == 0:
             return True
         if ev.every_seconds is not None:
             return ev.every_seconds > 0 and self.elapsed() - self.last_evaluation >= ev.every_seconds
         estimate = self._evaluation_estimate(batches_per_rank)
-        return estimate is not None and eval_seconds + estimate <= ev.max_share * self.elapsed()
+        if estimate is None:
+            return False
+        elapsed = self.elapsed()
+        return (eval_seconds + estimate <= ev.max_share * elapsed
+                and estimate <= ev.max_share * (elapsed - self.last_evaluation))
 
     def _evaluation_estimate(self, batches_per_rank: int) -> float | None:
         """Seconds the next evaluation will take: as long as the last one, or before any, a forward pass of the
-        subset at half the measured cost per training micro-batch (forward and backward; on the safe side)."""
+        subset at a third of the measured cost per training micro-batch (forward and backward)."""
         if self.evaluation_seconds is not None:
             return self.evaluation_seconds
         if not self.micro_batch_seconds:
             return None
-        return batches_per_rank * self.micro_batch_seconds / 2
+        return batches_per_rank * self.micro_batch_seconds / 3
 
     def evaluated(self, seconds: float) -> None:
         self.evaluation_seconds = seconds
