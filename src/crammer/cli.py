@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "crammer.pipeline.cli",  # run
     "crammer.report.cli",  # report
     "crammer.hub.cli",  # push
+    "crammer.export.cli",  # export
 ]
 
 
