@@ -29,7 +29,8 @@ def _imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package, forbidden", [("train", "crammer.eval"), ("eval", "crammer.train"),
                                                 ("model", "crammer.train"), ("model", "crammer.eval"),
-                                                ("data", "crammer.train"), ("data", "crammer.model")])
+                                                ("data", "crammer.train"), ("data", "crammer.model"),
+                                                ("export", "crammer.train"), ("export", "crammer.eval")])
 def test_stages_do_not_import_each_other_sideways(package, forbidden):
     offenders = {str(path.relative_to(SRC)): sorted(m for m in _imported_modules(path) if m.startswith(forbidden))
                  for path in (SRC / package).rglob("*.py")}
@@ -48,7 +49,8 @@ def test_the_command_line_starts_without_torch_or_transformers():
 
 
 @pytest.mark.parametrize("command", [[], ["data", "prepare"], ["pretrain"], ["bench"], ["plan"], ["plot"],
-                                     ["glue"], ["finetune"], ["run"], ["report"], ["validate"]])
+                                     ["glue"], ["finetune"], ["run"], ["report"], ["validate"],
+                                     ["export"]])
 def test_help_of_every_command_needs_no_torch(command):
     code = ("from crammer.cli import main\n"
             f"try:\n    main({[*command, '--help']!r})\nexcept SystemExit as e:\n    assert e.code == 0\n")

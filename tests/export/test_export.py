@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -129,7 +130,6 @@ def test_the_default_architecture_is_refused_naming_each_setting(crammed_final, 
 @pytest.mark.parametrize("which", ["crammed", "modernbert"])
 def test_onnx_export_matches_pytorch_in_onnx_runtime(which, crammed_final, modernbert_final, wiki_sample, tmp_path,
                                                      capsys):
-    ort = pytest.importorskip("onnxruntime")
     final = {"crammed": crammed_final, "modernbert": modernbert_final}[which]
     out = tmp_path / "onnx"
     assert main(["export", str(final), "--to", "onnx", "--out", str(out)]) == 0
