@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export", help="export a model folder to native Hugging Face (modernbert, bert) or ONNX, verified",
         description="Write MODEL_DIR as a folder that needs neither crammer nor remote code, and check its outputs "
                     "against the crammer model: `modernbert` (models of the modernbert preset) and `bert` (the "
-                    "original architecture) are native transformers folders, within 1e-5; `onnx` takes every "
+                    "original architecture) are native Hugging Face folders, within 1e-5; `onnx` takes every "
                     "architecture (encoder.onnx and, for an MLM, mlm.onnx), checked in ONNX Runtime within 1e-4.")
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a crammer model folder (e.g. RUN_DIR/final)")
     p.add_argument("--to", required=True, choices=TARGETS, help="the target format")
