@@ -19,7 +19,6 @@ from transformers import AutoTokenizer
 from crammer.cli import main
 from crammer.export.verify import sample_batches
 from crammer.model import CrammedBertForMaskedLM
-from tests.conftest import REPO_ROOT
 
 # Run in a fresh interpreter where `import crammer` fails (as where it is not installed), outside the repository.
 WITHOUT_CRAMMER = textwrap.dedent("""
@@ -179,7 +178,7 @@ def test_bert_target_is_to_hf_bert_with_a_plain_bert_tokenizer(export_corpus, tm
     assert result["types"] == expected["token_type_ids"]
 
 
-def test_export_help_and_missing_folder(tmp_path, capsys):
+def test_a_folder_without_a_config_is_a_one_line_error(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), "--to", "onnx", "--out", str(tmp_path / "o")]) == 2
     assert "has no config.json" in capsys.readouterr().err
 
