@@ -30,6 +30,7 @@ def _imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("package, forbidden", [("train", "crammer.eval"), ("eval", "crammer.train"),
                                                 ("model", "crammer.train"), ("model", "crammer.eval"),
                                                 ("data", "crammer.train"), ("data", "crammer.model"),
+                                                ("export", "crammer.train"), ("export", "crammer.eval"),
                                                 # readers of a run folder never import the stages that write it
                                                 ("train", "crammer.hub"), ("hub", "crammer.eval"),
                                                 ("hub", "crammer.train"), ("hub", "crammer.pipeline"),
@@ -89,7 +90,8 @@ def test_the_command_line_starts_without_torch_or_transformers():
 
 
 @pytest.mark.parametrize("command", [[], ["data", "prepare"], ["pretrain"], ["bench"], ["plan"], ["plot"],
-                                     ["glue"], ["finetune"], ["run"], ["report"], ["validate"]])
+                                     ["glue"], ["finetune"], ["run"], ["report"], ["validate"],
+                                     ["export"]])
 def test_help_of_every_command_needs_no_torch(command):
     code = ("from crammer.cli import main\n"
             f"try:\n    main({[*command, '--help']!r})\nexcept SystemExit as e:\n    assert e.code == 0\n")

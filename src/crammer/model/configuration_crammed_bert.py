@@ -7,7 +7,8 @@ the weights: a saved folder then loads with `trust_remote_code=True` in a proces
 The defaults are the crammed-BERT recipe (Geiping & Goldstein, 2022): pre-LayerNorm blocks, no linear
 biases, a gated feed-forward layer, scaled sinusoidal positions and a bare tied decoder. Setting
 `norm_scheme="post"`, `use_bias=True`, `ffn_type="mlp"`, `position_embedding="learned"`,
-`type_vocab_size=2` and `mlm_head_transform=True` gives exactly the original BERT architecture.
+`type_vocab_size=2` and `mlm_head_transform=True` gives exactly the original BERT architecture; rotary
+positions, `first_layer_attn_norm=False`, `mlm_head_transform=True` give ModernBERT's (see the `modernbert` preset).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class CrammedBertConfig(PretrainedConfig):
         max_position_embeddings: longest sequence the position encoding supports.
         position_embedding: "scaled_sinusoidal" (fixed sinusoid times one learned scalar), "learned"
             (absolute embedding table) or "rotary" (RoPE applied to queries and keys).
+        rope_theta: base of the rotary frequencies (ModernBERT's `rope_theta`); read with rotary positions only.
         type_vocab_size: number of token types (segment ids); 0 = no token-type embedding.
         norm_scheme: "pre" (LayerNorm before each sub-layer, plus a final LayerNorm) or "post"
             (LayerNorm after each residual addition, as in the original BERT).
@@ -60,6 +62,9 @@ class CrammedBertConfig(PretrainedConfig):
             pooler) or "first_token" (its hidden state as is).
         classifier_dropout: dropout before the classification layer.
         layer_norm_eps: epsilon of every LayerNorm.
+        norm_bias: whether every LayerNorm has an additive bias (ModernBERT's have none).
+        first_layer_attn_norm: whether the first block normalises its attention input; pre-LN only. Without it
+            the embedding LayerNorm serves (ModernBERT), one LayerNorm fewer.
         initializer_range: standard deviation of the normal init of Linear and Embedding weights.
     """
 
@@ -75,6 +80,7 @@ class CrammedBertConfig(PretrainedConfig):
         hidden_act: str = "gelu",
         max_position_embeddings: int = 128,
         position_embedding: str = "scaled_sinusoidal",
+        rope_theta: float = 10000.0,
         type_vocab_size: int = 0,
         norm_scheme: str = "pre",
         ffn_type: str = "glu",
@@ -85,6 +91,8 @@ class CrammedBertConfig(PretrainedConfig):
         classifier_pooler: str = "dense_tanh",
         classifier_dropout: float = 0.1,
         layer_norm_eps: float = 1e-12,
+        norm_bias: bool = True,
+        first_layer_attn_norm: bool = True,
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = True,
         pad_token_id: int | None = 0,
@@ -98,6 +106,7 @@ class CrammedBertConfig(PretrainedConfig):
         self.hidden_act = hidden_act
         self.max_position_embeddings = max_position_embeddings
         self.position_embedding = position_embedding
+        self.rope_theta = rope_theta
         self.type_vocab_size = type_vocab_size
         self.norm_scheme = norm_scheme
         self.ffn_type = ffn_type
@@ -108,6 +117,8 @@ class CrammedBertConfig(PretrainedConfig):
         self.classifier_pooler = classifier_pooler
         self.classifier_dropout = classifier_dropout
         self.layer_norm_eps = layer_norm_eps
+        self.norm_bias = norm_bias
+        self.first_layer_attn_norm = first_layer_attn_norm
         self.initializer_range = initializer_range
         self.tie_word_embeddings = tie_word_embeddings
         # A config saved by an older version gains the heads added since; entries it has win (the Hub rewrites
@@ -143,6 +154,11 @@ class CrammedBertConfig(PretrainedConfig):
             raise ValueError(f"rotary positions need an even head size, got {head_dim}")
         if self.position_embedding == "scaled_sinusoidal" and self.hidden_size % 2:
             raise ValueError(f"sinusoidal positions need an even hidden_size, got {self.hidden_size}")
+        if self.position_embedding == "rotary" and not float(self.rope_theta) > 0:
+            raise ValueError(f"rope_theta={self.rope_theta} must be positive")
+        if not self.first_layer_attn_norm and self.norm_scheme != "pre":
+            raise ValueError("first_layer_attn_norm=False needs norm_scheme='pre' (the embedding LayerNorm then "
+                             "normalises the first block's input)")
         if self.ffn_type == "glu" and self.intermediate_size % 2:
             raise ValueError(f"ffn_type='glu' needs an even intermediate_size, got {self.intermediate_size}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):

@@ -12,6 +12,7 @@ from crammer.errors import CrammerError
 from crammer.io import atomic_dir
 from crammer.model.configuration_crammed_bert import ACTIVATIONS, CrammedBertConfig
 from crammer.model.modeling_crammed_bert import CrammedBertForMaskedLM, CrammedBertModel
+from crammer.model.native import copy_model_card, save_native_tokenizer
 from crammer.model.presets import ORIGINAL_ARCHITECTURE
 
 # The config fields BertConfig and CrammedBertConfig share, under the same names and meanings.
@@ -182,14 +183,17 @@ def to_hf_bert(source: CrammedBertModel | CrammedBertForMaskedLM | str | os.Path
     A `CrammedBertForMaskedLM` becomes a `BertForMaskedLM`, a `CrammedBertModel` a `BertModel` (with its pooler
     when it has one). The result needs no remote code, so every BERT head, serving stack and transformers version
     takes it. With `save_directory` the folder is written atomically, with the tokenizer: `tokenizer`, or the
-    one saved beside a `source` folder. A crammed-BERT model (pre-LN, GLU, no biases, ...) is a CrammerError.
+    one saved beside a `source` folder, written as a `BertTokenizerFast` with `vocab.txt`, see
+    `crammer.model.native`) and the source folder's model card. A crammed-BERT model (pre-LN, GLU, no biases, ...)
+    is a CrammerError.
     """
-    if isinstance(source, (str, os.PathLike)):
-        model = _load_ours(source)
-        if tokenizer is None and any((Path(source) / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
+    folder = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if folder is not None:
+        model = _load_ours(folder)
+        if tokenizer is None and any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(folder, config=model.config)  # config given: no remote code
     elif isinstance(source, (CrammedBertModel, CrammedBertForMaskedLM)):
         model = source
     else:
@@ -216,5 +220,7 @@ def to_hf_bert(source: CrammedBertModel | CrammedBertForMaskedLM | str | os.Path
         with atomic_dir(save_directory, check_existing=_replaceable) as tmp:
             hf.save_pretrained(tmp)
             if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
+                save_native_tokenizer(tokenizer, tmp, config.max_position_embeddings,
+                                      ("input_ids", "token_type_ids", "attention_mask"))
+            copy_model_card(folder, tmp)
     return hf

@@ -19,6 +19,17 @@ ORIGINAL_ARCHITECTURE: dict[str, Any] = {
     "mlm_head_transform": True,
 }
 
+# The switches that give ModernBERT's block (transformers' `modernbert`): rotary positions, no attention LayerNorm
+# in the first block, BERT's head transform before the tied decoder (pre-LN, GLU and no token types as crammed).
+MODERNBERT_ARCHITECTURE: dict[str, Any] = {
+    "norm_scheme": "pre",
+    "ffn_type": "glu",
+    "position_embedding": "rotary",
+    "type_vocab_size": 0,
+    "first_layer_attn_norm": False,
+    "mlm_head_transform": True,
+}
+
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # The cramming paper's recipe: 16 layers, d=768, 12 heads, GLU 3072, seq 128 (the config defaults).
     "crammed-bert": {},
@@ -32,6 +43,10 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "intermediate_size": 3072,
         "max_position_embeddings": 512,
     },
+    # crammed BERT's size in ModernBERT's shape, so `cram export --to modernbert` gives a native folder: also
+    # its LayerNorms (no bias, eps 1e-5). RoPE theta stays 10k, ModernBERT's for its short-range layers; its 160k
+    # is for 8192-token contexts.
+    "modernbert": {**MODERNBERT_ARCHITECTURE, "norm_bias": False, "layer_norm_eps": 1e-5},
 }
 # The name the docs and `from_hf_bert` use for the exact-BERT configuration.
 MODEL_PRESETS["original"] = MODEL_PRESETS["bert-base"]

@@ -222,6 +222,8 @@ def _preset(**sections) -> PretrainConfig:
 PRESETS: dict[str, PretrainConfig] = {
     # The paper's final recipe for one GPU and 24 hours.
     "crammed-bert": PretrainConfig(),
+    # The same recipe for the ModernBERT-shaped model (exports to a native `modernbert` folder).
+    "modernbert": PretrainConfig(model="modernbert"),
     # Seconds-long CPU runs for the tests.
     "tiny": _preset(
         model="tiny",

@@ -1,0 +1,198 @@
+"""A ModernBERT-shaped crammer model -> a native `modernbert` folder (transformers' own classes, no remote code).
+
+The `modernbert` preset's block is ModernBERT's: pre-LN, rotary positions, no attention LayerNorm in the first
+block, GLU feed-forward, final LayerNorm, head transform (dense -> act -> norm) before the tied decoder. What
+remains are names and layouts: ModernBERT's GLU is `act(first half) * second half` where ours is
+`act(second half) * first half`, and its `intermediate_size` counts one half. The export swaps the halves and
+writes every layer as full attention with our rotary theta, so outputs agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertModel
+
+from crammer.errors import CrammerError
+from crammer.io import atomic_dir, atomic_write_json, read_json
+from crammer.model.configuration_crammed_bert import CrammedBertConfig
+from crammer.model.modeling_crammed_bert import CrammedBertForMaskedLM, CrammedBertModel
+from crammer.model.native import copy_model_card, save_native_tokenizer
+from crammer.model.presets import MODERNBERT_ARCHITECTURE
+
+# Our parameter names -> ModernBERT's, as (prefix, replacement) applied to a name inside the encoder.
+ENCODER_RENAMES = (
+    ("embeddings.word_embeddings.", "embeddings.tok_embeddings."),
+    ("embeddings.norm.", "embeddings.norm."),
+    ("final_norm.", "final_norm."),
+)
+LAYER_RENAMES = (
+    ("attn_norm.", "attn_norm."),
+    ("attention.qkv.", "attn.Wqkv."),
+    ("attention.out.", "attn.Wo."),
+    ("ffn_norm.", "mlp_norm."),
+    ("ffn.up.", "mlp.Wi."),
+    ("ffn.down.", "mlp.Wo."),
+)
+HEAD_RENAMES = (
+    ("head_transform.dense.", "head.dense."),
+    ("head_transform.norm.", "head.norm."),
+    ("decoder.", "decoder."),
+)
+
+
+def check_modernbert_expressible(config: CrammedBertConfig) -> None:
+    """A one-line CrammerError naming every setting a native ModernBERT cannot reproduce."""
+    wrong = [f"{k}={getattr(config, k)!r} (ModernBERT: {v!r})" for k, v in MODERNBERT_ARCHITECTURE.items()
+             if getattr(config, k) != v]
+    if wrong:
+        raise CrammerError("export --to modernbert: this model is not expressible as a native ModernBERT ("
+                           + ", ".join(wrong) + "); pretrain with the `modernbert` preset (or these model.* "
+                           "settings), or export --to onnx, which takes every architecture")
+
+
+def modernbert_config_from(config: CrammedBertConfig, special_ids: dict[str, int | None]) -> ModernBertConfig:
+    """The ModernBertConfig of a ModernBERT-shaped config; `special_ids` maps pad/cls/sep to the tokenizer's ids.
+
+    All layers are full attention (crammer has no sliding window); our one theta serves both of ModernBERT's. Our
+    dropouts map onto ModernBERT's nearest ones (they sit at slightly different places, which only training sees).
+    `sparse_prediction` stays off: crammer predicts sparsely only when given `masked_positions`, and with labels
+    alone returns dense logits, as ModernBERT does without it.
+    """
+    theta = float(config.rope_theta)
+    return ModernBertConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size // 2,  # ModernBERT counts one GLU half
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        hidden_activation=config.hidden_act,
+        max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.initializer_range,
+        norm_eps=config.layer_norm_eps,
+        norm_bias=config.norm_bias,
+        pad_token_id=special_ids.get("pad", config.pad_token_id),
+        cls_token_id=special_ids.get("cls"),
+        sep_token_id=special_ids.get("sep"),
+        bos_token_id=special_ids.get("cls"),
+        eos_token_id=special_ids.get("sep"),
+        attention_bias=config.use_bias,
+        mlp_bias=config.use_bias,
+        decoder_bias=config.use_bias,
+        classifier_bias=config.use_bias,
+        classifier_activation=config.hidden_act,
+        classifier_dropout=config.classifier_dropout,
+        attention_dropout=config.attention_probs_dropout_prob,
+        embedding_dropout=config.hidden_dropout_prob,
+        mlp_dropout=config.hidden_dropout_prob,
+        layer_types=["full_attention"] * config.num_hidden_layers,
+        rope_parameters={kind: {"rope_type": "default", "rope_theta": theta}
+                         for kind in ("full_attention", "sliding_attention")},
+        sparse_prediction=False,
+        tie_word_embeddings=config.tie_word_embeddings,
+    )
+
+
+def _rename(name: str, renames: tuple[tuple[str, str], ...]) -> str | None:
+    return next((theirs + name[len(mine):] for mine, theirs in renames if name.startswith(mine)), None)
+
+
+def modernbert_state(ours: dict[str, torch.Tensor], encoder_prefix: str, target_prefix: str) -> dict[str, torch.Tensor]:
+    """Our tensors under ModernBERT's names, GLU halves swapped; every tensor must find a place (a pooler does not:
+    ModernBERT has none)."""
+    out = {}
+    for name, tensor in ours.items():
+        if name.startswith(encoder_prefix):
+            inner = name[len(encoder_prefix):]
+            if inner.startswith("layers."):
+                index, rest = inner[len("layers."):].split(".", 1)
+                renamed = _rename(rest, LAYER_RENAMES)
+                theirs = None if renamed is None else f"layers.{index}.{renamed}"
+                if rest.startswith("ffn.up."):  # ours: act(second) * first; ModernBERT: act(first) * second
+                    value, gate = tensor.chunk(2, dim=0)
+                    tensor = torch.cat((gate, value), dim=0)
+            else:
+                theirs = _rename(inner, ENCODER_RENAMES)
+            theirs = None if theirs is None else target_prefix + theirs
+        else:
+            theirs = _rename(name, HEAD_RENAMES)
+        if theirs is None:
+            raise CrammerError(f"export --to modernbert: weight {name} has no ModernBERT counterpart")
+        out[theirs] = tensor
+    return out
+
+
+def _load_ours(source: str | os.PathLike) -> CrammedBertModel | CrammedBertForMaskedLM:
+    try:
+        config = CrammedBertConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CrammerError(f"export: cannot load a crammer model from {source}: {reason}") from None
+    check_modernbert_expressible(config)  # before reading the weights
+    cls = CrammedBertForMaskedLM if "CrammedBertForMaskedLM" in (config.architectures or []) else CrammedBertModel
+    return cls.from_pretrained(source, config=config, dtype=torch.float32)
+
+
+def _replaceable(path: Path) -> None:
+    """An export replaces an empty folder or a model folder (one with config.json), nothing else."""
+    if not path.is_dir() or (any(path.iterdir()) and not (path / "config.json").is_file()):
+        raise CrammerError(f"export: {path} exists and is not a model folder; choose another output")
+
+
+@torch.no_grad()
+def to_hf_modernbert(source: CrammedBertModel | CrammedBertForMaskedLM | str | os.PathLike,
+                     save_directory: str | os.PathLike | None = None,
+                     tokenizer=None) -> tuple[ModernBertModel | ModernBertForMaskedLM, list[str]]:
+    """Export a ModernBERT-shaped model to transformers' native ModernBERT; (the model, tokenizer notes).
+
+    A `CrammedBertForMaskedLM` becomes a `ModernBertForMaskedLM`, a `CrammedBertModel` a `ModernBertModel`. With
+    `save_directory` the folder is written atomically with the tokenizer (`tokenizer`, or the one beside a
+    `source` folder) as a `BertTokenizerFast` and the source folder's model card; the notes list what that
+    tokenizer cannot reproduce (see `crammer.model.native`). Another architecture is a one-line CrammerError.
+    """
+    folder = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if folder is not None:
+        model = _load_ours(folder)
+        if tokenizer is None and (folder / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(folder, config=model.config)  # config given: no remote code
+    elif isinstance(source, (CrammedBertModel, CrammedBertForMaskedLM)):
+        model = source
+    else:
+        raise CrammerError(f"export --to modernbert: exports a CrammedBertModel or CrammedBertForMaskedLM (or a "
+                           f"folder of one), got {type(source).__name__}")
+    config = model.config
+    check_modernbert_expressible(config)
+    special = ({"pad": tokenizer.pad_token_id, "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id}
+               if tokenizer is not None else {})
+    hf_config = modernbert_config_from(config, special)
+    ours = {k: v.detach().float() for k, v in model.state_dict().items()}
+    if isinstance(model, CrammedBertForMaskedLM):
+        hf = ModernBertForMaskedLM(hf_config)
+        state = modernbert_state(ours, "bert.", "model.")
+    else:
+        if model.pooler is not None and model.pooler.dense is not None:
+            raise CrammerError("export --to modernbert: ModernBERT has no pooler; export the MLM (or an encoder "
+                               "without a pooler)")
+        hf = ModernBertModel(hf_config)
+        state = modernbert_state(ours, "", "")
+    hf.load_state_dict(state, strict=True)
+    hf.eval()
+    notes: list[str] = []
+    if save_directory is not None:
+        with atomic_dir(save_directory, check_existing=_replaceable) as tmp:
+            hf.save_pretrained(tmp)
+            # transformers 4.x reads the rotary theta and the attention pattern from these keys (5.x from
+            # rope_parameters and layer_types): every layer global, one theta.
+            written = read_json(tmp / "config.json")
+            written.update(global_rope_theta=float(config.rope_theta), local_rope_theta=float(config.rope_theta),
+                           global_attn_every_n_layers=1)
+            atomic_write_json(tmp / "config.json", written)
+            if tokenizer is not None:
+                notes = save_native_tokenizer(tokenizer, tmp, config.max_position_embeddings,
+                                              ("input_ids", "attention_mask"))
+            copy_model_card(folder, tmp)
+    return hf, notes
