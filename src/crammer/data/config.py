@@ -30,7 +30,8 @@ class CorpusConfig:
     seq_len: int = 128
     filter_ratio: float | None = None  # the paper's rule: keep if n_tokens < ratio * n_chars; 0: no filter;
     # None: 0.3 for English-like text, else the corpus rule (crammer.data.language)
-    filter_margin: float = 1.3  # the corpus rule: tokens allowed per character = margin x the corpus's median
+    filter_margin: float = 1.2  # the corpus rule: tokens allowed per character = margin x the corpus's median
+    filter_margin_unspaced: float = 1.5  # ... for characters of scripts written without spaces (never junk's)
     order: Order = "random"
     dedup: bool = False
     max_docs: int | None = None  # cap on documents read over all sources
@@ -55,8 +56,9 @@ class CorpusConfig:
                 raise CrammerError(f"data.{name}: must be >= {low}, got {value}")
         if self.filter_ratio is not None and self.filter_ratio < 0:
             raise CrammerError(f"data.filter_ratio: must be >= 0 (0: no filter; none: automatic), got {self.filter_ratio}")
-        if self.filter_margin <= 0:
-            raise CrammerError(f"data.filter_margin: must be > 0, got {self.filter_margin}")
+        for name in ("filter_margin", "filter_margin_unspaced"):
+            if getattr(self, name) <= 0:
+                raise CrammerError(f"data.{name}: must be > 0, got {getattr(self, name)}")
         if self.tokenizer and self.normalization != "auto":
             raise CrammerError(f"data.normalization={self.normalization}: a given --tokenizer keeps its own "
                                "normalization; leave normalization at auto")

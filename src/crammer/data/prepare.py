@@ -78,9 +78,9 @@ def _build_or_reuse(cfg: CorpusConfig, out: Path, progress: bool) -> Path:
         return out
     started = time.time()
     sample = _Sample(cfg, sources)
-    choices = choose(cfg.normalization, cfg.tokenizer, cfg.filter_ratio, cfg.filter_margin, sample)
+    choices = choose(cfg.normalization, cfg.tokenizer, cfg.filter_ratio, sample)
     tok = _tokenizer_for(cfg, sources, choices.normalization, progress)
-    compression = compression_filter(choices, cfg.filter_margin, tok, sample)
+    compression = compression_filter(choices, cfg.filter_margin, cfg.filter_margin_unspaced, tok, sample)
     del sample
     tokenizer_seconds = time.time() - started
     with atomic_dir(out, check_existing=replaceable_output) as tmp:
@@ -259,9 +259,10 @@ def drop_warnings(counts: Counts, choices: TextChoices) -> list[str]:
         rule, setting = "no filter: documents left without a token by normalization", "ascii_only=false keeps them"
     elif choices.filter == "corpus":
         rule = (f"tokens < {choices.filter_spaced:g} x characters (+ {choices.filter_unspaced:g} x characters "
-                "of scripts without spaces), filter_margin times the corpus's median" if choices.filter_unspaced
+                "of scripts without spaces), margins times the corpus's medians" if choices.filter_unspaced
                 else f"tokens < {choices.filter_spaced:g} x characters, filter_margin times the corpus's median")
-        setting = "raise filter_margin=M to keep more, or --filter-ratio 0 for no filter"
+        setting = ("raise filter_margin=M (filter_margin_unspaced=M) to keep more, or --filter-ratio 0 for no "
+                   "filter")
     else:
         rule = f"tokens < {choices.filter_spaced:g} x characters"
         setting = "--filter-ratio R (higher keeps more; 0: no filter; unset: chosen from the text)"

@@ -45,7 +45,7 @@ from crammer.train.logger import StepLogger
 from crammer.train.schedules import accumulation_steps, lr_multiplier
 from crammer.train.setup import build_training, model_config_for
 from crammer.train.state import Budget, BudgetClock, LaunchedStep, TrainState
-from crammer.train.validation import ValidationResult, Validator, validation_batches
+from crammer.train.validation import ValidationResult, Validator, tokens_per_character, validation_batches
 
 # Sections that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"checkpoint", "logging", "data", "eval"}
@@ -262,7 +262,8 @@ class Pretrainer:
                       "--validation-sequences 0): validation is skipped", file=sys.stderr)
             return None
         batches = validation_batches(self.corpus, masking, self.cfg.eval.sequences, self.micro_batch)
-        return Validator(batches, self.device, self.precision, self.dist.rank, self.dist.world_size)
+        return Validator(batches, self.device, self.precision, self.dist.rank, self.dist.world_size,
+                         tokens_per_character(self.corpus))
 
     def _validation_due(self) -> bool:
         """every_steps, every_seconds, or (every_seconds=None) whenever one more evaluation keeps their share of
