@@ -18,7 +18,9 @@ from crammer.errors import CrammerError
     ("shard_sequences", 0, "data.shard_sequences: must be >= 1, got 0"),
     ("workers", 0, "data.workers: must be >= 1, got 0"),
     ("tokenizer_docs", 0, "data.tokenizer_docs: must be >= 1, got 0"),
-    ("filter_ratio", -0.1, "data.filter_ratio: must be >= 0, got -0.1"),
+    ("filter_ratio", -0.1, "data.filter_ratio: must be >= 0 (0: no filter; none: automatic), got -0.1"),
+    ("filter_margin", 0.0, "data.filter_margin: must be > 0, got 0.0"),
+    ("normalization", "nfkc", "data.normalization='nfkc' is not one of auto, uncased, cased"),
     ("max_docs", 0, "data.max_docs: must be positive, got 0"),
     ("order", "bogus", "data.order='bogus' is not one of random, easy-first, sentence-length, none"),
 ])
@@ -40,10 +42,11 @@ def test_none_means_the_default_and_overrides_are_checked():
 
 def test_recipe_hash_is_stable_and_ignores_out_and_workers():
     """The hash is the cache key of every corpus prepared so far: a new value would rebuild them all (the
-    validation split, a new field, did so once)."""
-    assert CorpusConfig().recipe_hash() == "fd7c449f7a08743f"
+    validation split, a new field, did so once; normalization and the filter margins replacing lowercase and
+    strip_accents, twice)."""
+    assert CorpusConfig().recipe_hash() == "a7dbf213992920f3"
     assert {name: cfg.recipe_hash() for name, cfg in PRESETS.items()} == {
-        "smoke": "87132affb915bb19", "bookcorpus-wiki": "772dc558c049a869", "c4": "19d071559e8a7d54"}
+        "smoke": "d0613496fcfc4f26", "bookcorpus-wiki": "93ace1bf7806169f", "c4": "f37cdc6d0553fa00"}
     cfg = PRESETS["smoke"]
     assert dataclasses.replace(cfg, out="elsewhere", workers=3).recipe_hash() == cfg.recipe_hash()
     assert dataclasses.replace(cfg, seed=1).recipe_hash() != cfg.recipe_hash()

@@ -7,8 +7,8 @@ import json
 import numpy as np
 
 from crammer.data.config import CorpusConfig
-from crammer.data.encode import (CHUNK_CHARS, ChunkEncoder, Deduplicator, EncodedChunk, chunk_documents,
-                                 encode_all, keep_document)
+from crammer.data.encode import (CHUNK_CHARS, ChunkEncoder, CompressionFilter, Deduplicator, EncodedChunk,
+                                 chunk_documents, encode_all, keep_document)
 from crammer.data.prepare import prepare
 from tests.data.helpers import expected_stream, manifest, stream, tokenizer_path
 
@@ -25,8 +25,20 @@ def test_filter_boundary(tokenizer, tmp_path):
     assert (c["documents_filtered"], c["documents_kept"], c["sequences"]) == (1, 1, 1)
     assert tokenizer.decode(stream(out).tolist(), skip_special_tokens=False) == "a a a a [SEP]"
     n_tokens, n_chars = np.array([4, 4, 3, 0]), np.array([8, 9, 8, 5])
-    assert keep_document(n_tokens, n_chars, 0.5).tolist() == [False, True, True, False]
-    assert keep_document(n_tokens, n_chars, 0.0).tolist() == [True, True, True, False]  # 0 disables
+    texts = ["a" * n for n in n_chars]
+    assert keep_document(texts, n_tokens, n_chars, CompressionFilter(0.5)).tolist() == [False, True, True, False]
+    assert keep_document(texts, n_tokens, n_chars, None).tolist() == [True, True, True, False]  # no filter
+
+
+def test_the_filter_allows_each_script_its_own_tokens_per_character():
+    """A character of a script written without spaces gets the `unspaced` allowance, any other `spaced`."""
+    texts = ["コマンド abc", "abcdefgh", "漢字漢字漢字漢字"]  # 4 unspaced + 4 spaced, 8 spaced, 8 unspaced
+    n_chars = np.array([len(t) for t in texts])
+    limits = CompressionFilter(0.25, 0.75).limits(texts, n_chars)
+    assert limits.tolist() == [4 * 0.25 + 4 * 0.75, 8 * 0.25, 8 * 0.75]
+    assert CompressionFilter(0.25).limits(texts, n_chars).tolist() == [2.0, 2.0, 2.0]  # every character alike
+    assert keep_document(texts, np.array([3, 3, 3]), n_chars, CompressionFilter(0.25, 0.75)).tolist() == [
+        True, False, True]
 
 
 def test_same_config_is_byte_identical_for_any_worker_count(shared_data, tokenizer, tmp_path):
@@ -63,20 +75,21 @@ def test_deduplicator_keeps_the_first_copy_across_chunks():
     def chunk(docs: list[list[int]]) -> EncodedChunk:
         tokens = np.concatenate([np.asarray(d + [3], dtype=np.uint16) for d in docs])
         hashes = [bytes(d) for d in docs]  # stand-ins: equal documents, equal hashes
-        return EncodedChunk(tokens, np.asarray([len(d) + 1 for d in docs]), hashes, filtered=0)
+        return EncodedChunk(tokens, np.asarray([len(d) + 1 for d in docs]), np.asarray([10 * len(d) for d in docs]),
+                            hashes, filtered=0)
 
     dedup = Deduplicator()
-    tokens, lengths = dedup.filter(chunk([[5, 6], [7], [5, 6]]))
-    assert tokens.tolist() == [5, 6, 3, 7, 3] and lengths.tolist() == [3, 2]
-    tokens, lengths = dedup.filter(chunk([[7], [8, 9]]))
-    assert tokens.tolist() == [8, 9, 3] and lengths.tolist() == [3]
+    tokens, lengths, chars = dedup.filter(chunk([[5, 6], [7], [5, 6]]))
+    assert tokens.tolist() == [5, 6, 3, 7, 3] and lengths.tolist() == [3, 2] and chars.tolist() == [20, 10]
+    tokens, lengths, chars = dedup.filter(chunk([[7], [8, 9]]))
+    assert tokens.tolist() == [8, 9, 3] and lengths.tolist() == [3] and chars.tolist() == [20]
     assert dedup.duplicates == 2
 
 
 def test_chunks_keep_documents_whole_and_in_order(tokenizer):
     docs = ["x" * CHUNK_CHARS, "short", "y" * (CHUNK_CHARS - 5), "tail"]  # a chunk ends once it has enough
     assert [[len(d) for d in c] for c in chunk_documents(docs)] == [[CHUNK_CHARS], [5, CHUNK_CHARS - 5], [4]]
-    encode = ChunkEncoder(tokenizer, 0.0, tokenizer.token_to_id("[SEP]"), dedup=True, dtype=np.dtype(np.uint16))
+    encode = ChunkEncoder(tokenizer, None, tokenizer.token_to_id("[SEP]"), dedup=True, dtype=np.dtype(np.uint16))
     texts = [["Hello there.", "General Kenobi."], ["Hello there."]] * 3
     serial = [encode(t) for t in texts]
     threaded = list(encode_all(iter(texts), 2, encode))

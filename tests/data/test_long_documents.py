@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from crammer.data.config import CorpusConfig
-from crammer.data.encode import CHUNK_CHARS, PIECE_CHARS, ChunkEncoder, _batches, document_pieces
+from crammer.data.encode import CHUNK_CHARS, PIECE_CHARS, ChunkEncoder, CompressionFilter, _batches, document_pieces
 from crammer.data.formats import _text_docs
 from crammer.data.prepare import prepare
 from crammer.data.tokenizer import build_normalizer, train_wordpiece
@@ -24,7 +24,8 @@ def articles(shared_data) -> list[str]:
 
 
 def _encoder(tokenizer, piece_chars: int = PIECE_CHARS, filter_ratio: float = 0.0) -> ChunkEncoder:
-    return ChunkEncoder(tokenizer, filter_ratio, tokenizer.token_to_id("[SEP]"), False, np.dtype(np.uint16),
+    compression = CompressionFilter(filter_ratio) if filter_ratio else None
+    return ChunkEncoder(tokenizer, compression, tokenizer.token_to_id("[SEP]"), False, np.dtype(np.uint16),
                         piece_chars)
 
 

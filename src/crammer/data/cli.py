@@ -11,7 +11,7 @@ import dataclasses
 import os
 
 from crammer.config import apply_overrides, pick_preset
-from crammer.data.config import ORDERS, PRESETS, CorpusConfig
+from crammer.data.config import NORMALIZATIONS, ORDERS, PRESETS, CorpusConfig
 from crammer.errors import CrammerError
 
 # flag -> CorpusConfig field; a flag left unset keeps the preset's value
@@ -19,7 +19,7 @@ _FLAGS = {
     "out": "out", "vocab_size": "vocab_size", "seq_len": "seq_len", "filter_ratio": "filter_ratio",
     "order": "order", "max_docs": "max_docs", "seed": "seed", "tokenizer": "tokenizer",
     "text_field": "text_field", "workers": "workers", "tokenizer_docs": "tokenizer_docs",
-    "validation_sequences": "validation_sequences",
+    "validation_sequences": "validation_sequences", "normalization": "normalization",
 }
 
 
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
         "streamed); or `pydoc`, CPython's bundled docs: an offline SMOKE corpus for tests and demos.\n"
         "Append ::max_docs=N to a source to cap it, e.g. wiki.jsonl.xz::max_docs=1000.\n"
         "Presets: " + ", ".join(sorted(PRESETS)) + ". Other fields: key=value, e.g. ascii_only=true "
-        "shard_sequences=4096 lowercase=false strip_accents=false.",
+        "shard_sequences=4096 filter_margin=1.5 ascii_only=true.",
     )
     p.add_argument("--source", action="append", metavar="SRC", help="input (repeatable to mix sources)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset")
@@ -45,7 +45,10 @@ def register(subparsers) -> None:
                    "or an earlier prepared corpus")
     p.add_argument("--vocab-size", type=int, help="WordPiece vocabulary size (default 32768)")
     p.add_argument("--seq-len", type=int, help="tokens per packed block (default 128)")
-    p.add_argument("--filter-ratio", type=float, help="keep a doc if tokens < ratio*chars; 0 disables (0.3)")
+    p.add_argument("--filter-ratio", type=float, help="the paper's filter: keep a doc if tokens < ratio*chars; 0: no "
+                   "filter (default: 0.3 for English-like text, else against the corpus's own tokens per character)")
+    p.add_argument("--normalization", choices=NORMALIZATIONS, help="uncased: NFD, lowercase, strip accents (the "
+                   "recipe); cased: NFC only (default auto: uncased for English-like text, else cased)")
     p.add_argument("--order", choices=ORDERS, help="block order (random); none keeps corpus order")
     p.add_argument("--dedup", action="store_true", default=None, help="drop exact duplicate documents")
     p.add_argument("--max-docs", type=int, help="read at most N documents over all sources")
@@ -109,7 +112,13 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"note: {m.note}")
     print(f"sources: {', '.join(m.sources)}")
     print(f"config {m.config_hash}: " + ", ".join(
-        f"{k}={m.config[k]}" for k in ("vocab_size", "seq_len", "filter_ratio", "order", "dedup", "max_docs")))
+        f"{k}={m.config.get(k)}" for k in ("vocab_size", "seq_len", "normalization", "filter_ratio", "filter_margin",
+                                           "order", "dedup", "max_docs")))
+    if m.text:
+        print(f"normalization: {m.text.normalization} ({m.text.normalization_reason})")
+        print(f"filter: {m.text.filter} ({m.text.filter_reason})")
+    for warning in m.warnings:
+        print(f"warning: {warning}")
     counts = sorted(dataclasses.asdict(m.counts).items())  # in the manifest file's order
     print("counts: " + ", ".join(f"{k}={v:,}" for k, v in counts if isinstance(v, int)))
     print(f"time: {m.seconds:.1f}s (tokenizer {m.tokenizer_seconds:.1f}s)")

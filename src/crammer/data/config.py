@@ -16,6 +16,8 @@ from crammer.errors import CrammerError
 
 Order = Literal["random", "easy-first", "sentence-length", "none"]  # none: corpus order
 ORDERS = typing.get_args(Order)
+Normalization = Literal["auto", "uncased", "cased"]  # auto: from the corpus's scripts (crammer.data.language)
+NORMALIZATIONS = typing.get_args(Normalization)
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,10 @@ class CorpusConfig:
     out: str = "data"
     vocab_size: int = 32768
     seq_len: int = 128
-    filter_ratio: float = 0.3  # keep a document only if n_tokens < ratio * n_chars; 0 disables
+    filter_ratio: float | None = None  # the paper's rule: keep if n_tokens < ratio * n_chars; 0: no filter;
+    # None: 0.3 for English-like text, else the corpus rule (crammer.data.language)
+    filter_margin: float = 1.2  # the corpus rule: tokens allowed per character = margin x the corpus's median
+    filter_margin_unspaced: float = 1.5  # ... for characters of scripts written without spaces (never junk's)
     order: Order = "random"
     dedup: bool = False
     max_docs: int | None = None  # cap on documents read over all sources
@@ -34,8 +39,7 @@ class CorpusConfig:
     tokenizer: str | None = None  # reuse this tokenizer instead of training one
     tokenizer_docs: int | None = None  # train the tokenizer on the first N documents only (None: all)
     text_field: str = "text"
-    lowercase: bool = True  # normalization of a trained tokenizer (a given one keeps its own)
-    strip_accents: bool = True
+    normalization: Normalization = "auto"  # of a trained tokenizer (a given one keeps its own)
     ascii_only: bool = False
     skip_bad: bool = False  # skip and count bad records instead of failing
     validation_sequences: int | None = None  # held-out blocks of whole documents; None = ~0.5%, 0 = none
@@ -55,8 +59,14 @@ class CorpusConfig:
             value = getattr(self, name)
             if value is not None and value < low:  # None: the default (one per CPU, all documents)
                 raise CrammerError(f"data.{name}: must be >= {low}, got {value}")
-        if self.filter_ratio < 0:
-            raise CrammerError(f"data.filter_ratio: must be >= 0, got {self.filter_ratio}")
+        if self.filter_ratio is not None and self.filter_ratio < 0:
+            raise CrammerError(f"data.filter_ratio: must be >= 0 (0: no filter; none: automatic), got {self.filter_ratio}")
+        for name in ("filter_margin", "filter_margin_unspaced"):
+            if getattr(self, name) <= 0:
+                raise CrammerError(f"data.{name}: must be > 0, got {getattr(self, name)}")
+        if self.tokenizer and self.normalization != "auto":
+            raise CrammerError(f"data.normalization={self.normalization}: a given --tokenizer keeps its own "
+                               "normalization; leave normalization at auto")
         if self.validation_sequences is not None and self.validation_sequences < 0:
             raise CrammerError(f"data.validation_sequences: must be >= 0 (0: no validation split), "
                                f"got {self.validation_sequences}")
@@ -75,8 +85,10 @@ PRESETS: dict[str, CorpusConfig] = {
     "smoke": CorpusConfig(sources=("pydoc",), vocab_size=8192),
     # The cramming recipe's data: English Wikipedia + BookCorpus (hub, streamed).
     "bookcorpus-wiki": CorpusConfig(
-        sources=("hf:wikimedia/wikipedia:20231101.en@train", "hf:rojagtap/bookcorpus@train"), ascii_only=True
+        sources=("hf:wikimedia/wikipedia:20231101.en@train", "hf:rojagtap/bookcorpus@train"), ascii_only=True,
+        normalization="uncased", filter_ratio=0.3,
     ),
     # Colossal Clean Crawled Corpus, English (hub, streamed), as in the cramming paper's C4 runs.
-    "c4": CorpusConfig(sources=("hf:allenai/c4:en@train",), ascii_only=True),
+    "c4": CorpusConfig(sources=("hf:allenai/c4:en@train",), ascii_only=True, normalization="uncased",
+                       filter_ratio=0.3),
 }

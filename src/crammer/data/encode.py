@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import itertools
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -35,12 +36,49 @@ if TYPE_CHECKING:
 CHUNK_CHARS = 1 << 20  # characters per work item: big enough to amortize a call, small enough to stream
 PIECE_CHARS = 1 << 16  # a longer document is tokenized in pieces of at most this many characters
 
+# Scripts written without spaces between words, where a token covers about one character: Thai, Lao,
+# Myanmar, Khmer, CJK radicals, CJK punctuation, kana, bopomofo, ideographs, fullwidth/halfwidth forms.
+UNSPACED_RANGES = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x2E80, 0x2FDF), (0x3000, 0x30FF),
+                   (0x3100, 0x312F), (0x3190, 0x31FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),
+                   (0xFF00, 0xFFEF), (0x20000, 0x3FFFF))
+_UNSPACED = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in UNSPACED_RANGES) + "]+")
 
-def keep_document(n_tokens: np.ndarray, n_chars: np.ndarray, ratio: float) -> np.ndarray:
+
+def unspaced_characters(text: str) -> int:
+    """How many characters of `text` belong to a script written without spaces (no copy of the text)."""
+    return sum(m.end() - m.start() for m in _UNSPACED.finditer(text))
+
+
+def unspaced_mask(text: str) -> np.ndarray:
+    """Per character of `text`: whether it belongs to a script written without spaces."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    mask = np.zeros(len(codes), dtype=bool)
+    for low, high in UNSPACED_RANGES:
+        mask |= (codes >= low) & (codes <= high)
+    return mask
+
+
+@dataclass(frozen=True)
+class CompressionFilter:
+    """Keep a document if its tokens < `spaced` x its characters of scripts written with spaces (and every
+    character when `unspaced` is None) + `unspaced` x its characters of scripts written without."""
+
+    spaced: float
+    unspaced: float | None = None
+
+    def limits(self, texts: list[str], n_chars: np.ndarray) -> np.ndarray:
+        if self.unspaced is None:
+            return self.spaced * n_chars  # the paper's rule, as it always was computed
+        unspaced = np.fromiter((unspaced_characters(t) for t in texts), dtype=np.int64, count=len(texts))
+        return self.spaced * (n_chars - unspaced) + self.unspaced * unspaced
+
+
+def keep_document(texts: list[str], n_tokens: np.ndarray, n_chars: np.ndarray,
+                  compression: CompressionFilter | None) -> np.ndarray:
     """The compression filter: text that tokenizes badly (tables, code, foreign script) is dropped."""
     keep = n_tokens > 0
-    if ratio > 0:
-        keep &= n_tokens < ratio * n_chars
+    if compression is not None:
+        keep &= n_tokens < compression.limits(texts, n_chars)
     return keep
 
 
@@ -48,6 +86,7 @@ def keep_document(n_tokens: np.ndarray, n_chars: np.ndarray, ratio: float) -> np
 class EncodedChunk:
     tokens: np.ndarray  # kept documents' ids, each followed by [SEP]
     doc_lengths: np.ndarray  # tokens per kept document, [SEP] included
+    doc_chars: np.ndarray  # characters per kept document (as read, before normalization)
     doc_hashes: list[bytes]  # per kept document, only when deduplicating
     filtered: int
 
@@ -58,7 +97,7 @@ class ChunkEncoder:
     a long one) and filter them; numpy arrays out."""
 
     tok: Tokenizer
-    filter_ratio: float
+    compression: CompressionFilter | None  # None: no filter
     sep_id: int
     dedup: bool  # hash each kept document here, in the worker threads
     dtype: np.dtype
@@ -77,7 +116,7 @@ class ChunkEncoder:
             np.add.at(n_tokens, owners, lengths)
         ids = ids_parts[0] if len(ids_parts) == 1 else np.concatenate([np.zeros(0, self.dtype), *ids_parts])
         del ids_parts
-        keep = keep_document(n_tokens, n_chars, self.filter_ratio)
+        keep = keep_document(texts, n_tokens, n_chars, self.compression)
         kept_ids = ids if keep.all() else ids[np.repeat(keep, n_tokens)]
         del ids
         kept_lengths = n_tokens[keep]
@@ -88,7 +127,7 @@ class ChunkEncoder:
             bounds = np.concatenate([[0], np.cumsum(doc_lengths)])
             hashes = [hashlib.blake2b(tokens[a:b].tobytes(), digest_size=16).digest()
                       for a, b in zip(bounds[:-1], bounds[1:])]
-        return EncodedChunk(tokens, doc_lengths, hashes, int((~keep).sum()))
+        return EncodedChunk(tokens, doc_lengths, n_chars[keep], hashes, int((~keep).sum()))
 
 
 class Deduplicator:
@@ -101,15 +140,15 @@ class Deduplicator:
         self._seen: set[bytes] = set()
         self.duplicates = 0
 
-    def filter(self, chunk: EncodedChunk) -> tuple[np.ndarray, np.ndarray]:
-        """The chunk's tokens and document lengths without the documents seen before (in this chunk or an
-        earlier one)."""
+    def filter(self, chunk: EncodedChunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The chunk's tokens, document lengths and characters without the documents seen before (in this
+        chunk or an earlier one)."""
         fresh = np.empty(len(chunk.doc_hashes), dtype=bool)
         for i, h in enumerate(chunk.doc_hashes):  # in order: the first copy wins
             fresh[i] = h not in self._seen
             self._seen.add(h)
         self.duplicates += int((~fresh).sum())
-        return chunk.tokens[np.repeat(fresh, chunk.doc_lengths)], chunk.doc_lengths[fresh]
+        return chunk.tokens[np.repeat(fresh, chunk.doc_lengths)], chunk.doc_lengths[fresh], chunk.doc_chars[fresh]
 
 
 def document_pieces(text: str, cap: int = PIECE_CHARS) -> Iterator[str]:

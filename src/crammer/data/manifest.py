@@ -70,6 +70,20 @@ class Counts:
 
 
 @dataclass(kw_only=True)
+class TextChoices:
+    """What was chosen for this corpus's text, and why (`crammer.data.language`)."""
+
+    normalization: str  # uncased | cased | given (a given tokenizer's own)
+    normalization_reason: str
+    filter: str  # ratio (the paper's rule) | corpus (against the corpus's own rates) | none
+    filter_reason: str
+    filter_spaced: float | None = None  # tokens allowed per character (of scripts written with spaces)
+    filter_unspaced: float | None = None  # ... per character of scripts without (None: counted as spaced)
+    scripts: dict[str, Any] | None = None  # the sample's scripts, when a choice needed them
+    token_rates: dict[str, Any] | None = None  # the corpus's median tokens per character (corpus rule)
+
+
+@dataclass(kw_only=True)
 class Manifest:
     """One field per key of `manifest.json`; a field with a default may be missing from an older corpus."""
 
@@ -97,6 +111,10 @@ class Manifest:
     validation_shards: list[Shard] = dataclasses.field(default_factory=list)  # never read by pretraining
     validation_sequences: int = 0
     validation_documents: int = 0
+    validation_characters: int | None = None  # of the held-out documents, as read (for bits per character)
+    validation_text_tokens: int | None = None  # their tokens, [SEP]s not counted
+    text: TextChoices | None = None  # normalization and filter: what was chosen and why
+    warnings: list[str] = dataclasses.field(default_factory=list)  # said when prepared; inspect and the report repeat them
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,6 +137,9 @@ class Manifest:
         for key in ("shards", "validation_shards"):
             if key in fields:
                 fields[key] = [_shard(entry, path) for entry in _typed(list, fields[key], key, path)]
+        if fields.get("text") is not None:
+            fields["text"] = TextChoices(**_known_fields(TextChoices, _typed(dict, fields["text"], "text", path), path,
+                                                         "text."))
         fields["counts"] = Counts(**_known_fields(Counts, _typed(dict, fields["counts"], "counts", path), path,
                                                   "counts."))
         return cls(**fields)

@@ -110,6 +110,11 @@ class _TokenReader:
         return np.concatenate(pieces) if pieces else self._current[:0]
 
 
+def held_out_sum(values: np.ndarray, threshold: float, seed: int) -> int:
+    """The sum of `values` (one per staged document, e.g. its characters) over the documents held out."""
+    return sum(int(part[u < threshold].sum()) for part, u in _passes(values, seed))
+
+
 def split_documents(blocks: Iterator[np.ndarray], lengths: np.ndarray, threshold: float, seed: int, train,
                     validation, max_tokens: int) -> int:
     """Send each staged document to `validation` (numbered below `threshold`) or `train` (BlockWriters), in

@@ -20,8 +20,10 @@ SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]"
 
 
 def build_normalizer(lowercase: bool, strip_accents: bool, ascii_only: bool) -> normalizers.Normalizer:
-    """The cramming recipe's normalization: NFD, lowercase, strip accents, optionally ASCII only."""
-    steps: list[normalizers.Normalizer] = [normalizers.NFD()]
+    """The cramming recipe's normalization (NFD, lowercase, strip accents), or with `strip_accents=False`
+    NFC, which keeps every accent and voicing mark composed with its letter (`ä`, `ド`: one character each,
+    as they are written and as `decode` gives them back); optionally ASCII only."""
+    steps: list[normalizers.Normalizer] = [normalizers.NFD() if strip_accents else normalizers.NFC()]
     if lowercase:
         steps.append(normalizers.Lowercase())
     if strip_accents:
@@ -29,6 +31,12 @@ def build_normalizer(lowercase: bool, strip_accents: bool, ascii_only: bool) -> 
     if ascii_only:
         steps.append(normalizers.Replace(Regex(r"[^\x00-\x7F]"), ""))
     return normalizers.Sequence(steps)
+
+
+def normalizer_for(normalization: str, ascii_only: bool) -> normalizers.Normalizer:
+    """`uncased`: the cramming recipe; `cased`: NFC only (`crammer.data.language` chooses for `auto`)."""
+    uncased = normalization == "uncased"
+    return build_normalizer(lowercase=uncased, strip_accents=uncased, ascii_only=ascii_only)
 
 
 def train_wordpiece(

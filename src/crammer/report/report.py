@@ -89,6 +89,11 @@ def _data_section(doc: Document, data_dir: Path | None, tokens_trained: float | 
     ordered = sorted(_flatten(dataclasses.asdict(manifest.counts)),
                      key=lambda kv: (_COUNT_ORDER.index(kv[0]) if kv[0] in _COUNT_ORDER else 99, kv[0]))
     doc.add(Table(["quantity", "value"], [[k.replace("_", " "), _fmt(v)] for k, v in ordered]))
+    if manifest.text:
+        doc.add(Paragraph(f"Normalization: {manifest.text.normalization} ({manifest.text.normalization_reason}). "
+                          f"Filter: {manifest.text.filter} ({manifest.text.filter_reason})."))
+    if manifest.warnings:
+        doc.add(Bullets([f"warning: {w}" for w in manifest.warnings]))
     corpus_tokens = manifest.num_tokens
     if tokens_trained is not None and corpus_tokens:
         epochs = tokens_trained / corpus_tokens
@@ -150,6 +155,8 @@ def _training_section(doc: Document, layout: RunLayout, metrics: list[dict[str, 
         v = validation[-1]
         rows += [[f"validation MLM loss / accuracy (step {v['step']}, {v['val_sequences']} held-out sequences)",
                   f"{_fmt(v['val_loss'])} / {100 * v['val_accuracy']:.2f}%"],
+                 ["validation bits per character (compares across tokenizers and languages)",
+                  _fmt(v["val_bits_per_char"]) if "val_bits_per_char" in v else "n/a (corpus prepared before it)"],
                  ["evaluation time (share of the elapsed budget)", f"{duration(v['eval_seconds'])} ({v['eval_share']:.1%})"]]
     else:
         rows.append(["validation", "none logged (a corpus without a validation split, or eval turned off)"])

@@ -98,7 +98,8 @@ def _validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": args.model, "data": args.data, **dataclasses.asdict(result)}))
     else:
-        print(f"validation loss {result.loss:.4f} | accuracy {100 * result.accuracy:.2f}% | {result.sequences} "
+        bpc = "" if result.bits_per_char is None else f" | {result.bits_per_char:.4f} bits/char"
+        print(f"validation loss {result.loss:.4f}{bpc} | accuracy {100 * result.accuracy:.2f}% | {result.sequences} "
               f"sequences, {result.masked_tokens:,} masked tokens | {args.model} on {args.data}")
     return 0
 

@@ -103,11 +103,13 @@ class StepLogger:
             "val_loss": result.loss,
             "val_accuracy": result.accuracy,
             "val_sequences": result.sequences,
+            **({} if result.bits_per_char is None else {"val_bits_per_char": result.bits_per_char}),
             "eval_seconds": state.eval_seconds,
             "eval_share": state.eval_seconds / max(elapsed, 1e-9),
         }
         self.metrics.write(record)
-        self._show(f"validation at step {state.step} | loss {result.loss:.4f} | accuracy {100 * result.accuracy:.2f}% "
+        bpc = "" if result.bits_per_char is None else f" | {result.bits_per_char:.4f} bits/char"
+        self._show(f"validation at step {state.step} | loss {result.loss:.4f}{bpc} | accuracy {100 * result.accuracy:.2f}% "
                    f"| evaluation {100 * record['eval_share']:.1f}% of the time", progress, new_line=True)
         return record
 

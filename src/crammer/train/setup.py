@@ -32,7 +32,7 @@ from crammer.train.resume import claim_run_dir, corpora_after_resume, corpus_rec
 from crammer.train.sizing import auto_micro_batch, cuda_memory_probe
 from crammer.train.state import Budget, BudgetClock, Pacing, TrainState
 from crammer.train.step import TrainStep
-from crammer.train.validation import VALIDATION_MASKING, Validator, validation_batches
+from crammer.train.validation import VALIDATION_MASKING, Validator, tokens_per_character, validation_batches
 from crammer.units import human
 
 
@@ -201,4 +201,4 @@ def _validator(cfg: PretrainConfig, corpus: PackedCorpus, micro_batch: int, dist
                   "--validation-sequences 0): validation is skipped", file=sys.stderr)
         return None
     batches = validation_batches(corpus, VALIDATION_MASKING, cfg.eval.sequences, micro_batch)
-    return Validator(batches, dist.device, precision, dist.rank, dist.world_size)
+    return Validator(batches, dist.device, precision, dist.rank, dist.world_size, tokens_per_character(corpus))

@@ -8,12 +8,22 @@ are measured on exactly the same positions and replacements, and their numbers c
 
 loss = mean cross-entropy over the masked positions; accuracy = share of them whose top-1 prediction is
 the original token (both over every masked position of the subset, not a mean of batch means).
+
+bits per character = loss (nats per masked token) x T / C / ln 2, where C is the number of characters of the
+corpus's held-out documents as read (before normalization) and T their tokens without the [SEP]s, both
+counted at prepare time (`validation_characters`, `validation_text_tokens` in the manifest). A loss per token
+depends on how much text a token holds, which the vocabulary and normalization decide; per character of the
+same text it does not, so runs with different tokenizers or languages compare on it. It is an estimate:
+masked-token loss over the subset stands for every token's, and the model sees 75% of the context (as MLM
+pseudo-likelihoods do), not a left-to-right code length. Corpora prepared before the count have none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +45,15 @@ class ValidationResult:
     accuracy: float
     sequences: int
     masked_tokens: int
+    bits_per_char: float | None = None  # None: the corpus has no character count (prepared before it)
+
+
+def tokens_per_character(corpus: PackedCorpus) -> float | None:
+    """Tokens (without [SEP]) per character of the corpus's held-out text; None when not counted."""
+    m = corpus.manifest
+    if not m.validation_characters or not m.validation_text_tokens:
+        return None
+    return m.validation_text_tokens / m.validation_characters
 
 
 def validation_batches(corpus: PackedCorpus, masking: MaskingConfig, sequences: int,
@@ -70,8 +89,9 @@ class Validator:
     each rank takes every world_size-th batch and the sums are all-reduced, so all ranks get the same result."""
 
     def __init__(self, batches: list[MaskedBatch], device: torch.device, precision: str, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, tokens_per_char: float | None = None):
         self.device, self.precision, self.world_size = device, precision, world_size
+        self.tokens_per_char = tokens_per_char  # of the held-out text: turns the loss into bits per character
         self.sequences = sum(len(b.input_ids) for b in batches)
         self.batches_per_rank = -(-len(batches) // world_size)  # the same number on every rank
         self.batches = [b.to(device) for b in batches[rank::world_size]]
@@ -105,7 +125,9 @@ class Validator:
         loss_sum, correct, count = sums.tolist()
         if not count:
             raise CrammerError("validation: the subset has no masked ordinary tokens")
-        return ValidationResult(loss_sum / count, correct / count, self.sequences, int(count))
+        loss = loss_sum / count
+        bits_per_char = None if self.tokens_per_char is None else loss * self.tokens_per_char / math.log(2)
+        return ValidationResult(loss, correct / count, self.sequences, int(count), bits_per_char)
 
 
 def run_settings(model_dir: Path) -> tuple[MaskingConfig, int]:
@@ -176,4 +198,4 @@ def validate_model(model: str | Path, data: str | Path, sequences: int | None = 
         raise CrammerError(f"{model_dir}: vocabulary of {mlm.config.vocab_size} tokens, the corpus has "
                            f"{corpus.vocab_size}: not the same tokenizer")
     batches = validation_batches(corpus, masking, sequences or run_sequences, batch_size)
-    return Validator(batches, torch_device, resolved)(mlm)
+    return Validator(batches, torch_device, resolved, tokens_per_char=tokens_per_character(corpus))(mlm)
