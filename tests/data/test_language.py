@@ -144,3 +144,12 @@ def test_normalization_settings(wiki_sample, tmp_path):
     assert tok.tokenize("The") != tok.tokenize("the")
     with pytest.raises(CrammerError, match="a given --tokenizer keeps its own normalization"):
         CorpusConfig(tokenizer=str(out), normalization="uncased")
+
+
+def test_the_old_case_and_accent_keys_say_which_setting_replaced_them():
+    from crammer.config import apply_overrides
+    from crammer.data.config import CorpusConfig
+
+    for key in ("lowercase", "strip_accents"):
+        with pytest.raises(CrammerError, match=f"{key}=false: {key} is not an override .*normalization=uncased"):
+            apply_overrides(CorpusConfig(), [f"{key}=false"])

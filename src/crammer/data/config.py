@@ -46,6 +46,10 @@ class CorpusConfig:
     shard_sequences: int = 65536  # blocks per shard file
     workers: int | None = None  # tokenizer threads; None = one per CPU
 
+    # Keys of earlier versions, now one setting: a script that still sets them is told which.
+    FIXED_KEYS = {key: "case and accents are one setting now: normalization=uncased|cased "
+                       "(auto: uncased for English, cased NFC otherwise)" for key in ("lowercase", "strip_accents")}
+
     def __post_init__(self) -> None:
         if not self.sources:
             raise CrammerError("data: no --source given")
