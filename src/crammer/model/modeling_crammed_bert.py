@@ -380,10 +380,10 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Hidden states *before* the final LayerNorm, so the MLM head can normalise only the positions it needs."""
-        return self.run(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)[0]
+        """The residual stream *before* the final LayerNorm (what the blocks compute)."""
+        return self._run(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)[0]
 
-    def run(
+    def _run(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -441,13 +441,22 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        positions: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple[torch.Tensor, ...]:
         """`last_hidden_state` (B, S, d), `pooler_output` (B, d; None without a pooler), and on request
         `hidden_states` (L + 1 of (B, S, d)) and `attentions` (L of (B, H, S, S)). Other keyword arguments are
-        accepted and unused, as Hugging Face attention layers ignore what they do not know."""
-        stream, hidden_states, attentions = self.run(input_ids, attention_mask, token_type_ids, position_ids,
-                                                     inputs_embeds, output_attentions, output_hidden_states)
+        accepted and unused, as Hugging Face attention layers ignore what they do not know.
+
+        `positions` (B, M): `last_hidden_state` only at those positions, (B, M, d), the final LayerNorm applied
+        to them alone (what the MLM head needs for sparse prediction); there is no pooled output then."""
+        stream, hidden_states, attentions = self._run(input_ids, attention_mask, token_type_ids, position_ids,
+                                                      inputs_embeds, output_attentions, output_hidden_states)
+        if positions is not None:
+            gathered = stream.gather(1, positions.unsqueeze(-1).expand(-1, -1, stream.shape[-1]))
+            output = BaseModelOutputWithPooling(last_hidden_state=self.final_norm(gathered),
+                                                hidden_states=hidden_states, attentions=attentions)
+            return returned(output, self._return_dict(return_dict))
         hidden = hidden_states[-1] if hidden_states is not None else self.final_norm(stream)
         pooled = self.pooler(hidden) if self.pooler is not None else None
         output = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled,
@@ -501,15 +510,14 @@ class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
         any position whose label is -100). Without it, logits are (B, S, V) and the loss covers every
         position whose label is not -100.
         """
-        hidden, hidden_states, attentions = self.bert.run(input_ids, attention_mask, token_type_ids, position_ids,
-                                                          inputs_embeds, kwargs.get("output_attentions"),
-                                                          kwargs.get("output_hidden_states"))
-        if masked_positions is not None:
-            index = masked_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-            hidden = hidden.gather(1, index)
-            if labels is not None:
-                labels = labels.gather(1, masked_positions)
-        logits = self.decoder(self.head_transform(self.bert.final_norm(hidden)))
+        encoded = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                            output_attentions=kwargs.get("output_attentions"),
+                            output_hidden_states=kwargs.get("output_hidden_states"), return_dict=True,
+                            positions=masked_positions)
+        if masked_positions is not None and labels is not None:
+            labels = labels.gather(1, masked_positions)
+        logits = self.decoder(self.head_transform(encoded.last_hidden_state))
+        hidden_states, attentions = encoded.hidden_states, encoded.attentions
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100)

@@ -142,11 +142,6 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
     resume = claim_run_dir(run_dir, cfg, resume, dist.is_main)
 
     training = build_training(cfg, model_config, corpus.special_tokens, dist.device)
-    if dist.is_main:  # `--preset tiny model=original` is 111 M parameters: say what is being trained
-        overrides = f" with {' '.join(cfg.model_overrides)}" if cfg.model_overrides else ""
-        print(f"cram: model {cfg.model!r}{overrides}: {model_config.num_hidden_layers} layers x "
-              f"{model_config.hidden_size} hidden x {model_config.num_attention_heads} heads, "
-              f"{human(count_parameters(training.model))} parameters", file=sys.stderr)
     state, step_state = TrainState(), {}
     loaded = load_latest(run_dir, training.model, training.optimizer, dist.device) if resume else None
     if loaded:
@@ -163,6 +158,11 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
         if dist.is_main and not cfg.batch.micro_batch:
             print(f"cram: micro-batch {micro_batch} (fits {cfg.batch.memory_fraction:.0%} of GPU memory; "
                   f"divides the {cfg.batch.target}-sequence batch evenly)", file=sys.stderr)
+    if dist.is_main:  # `--preset tiny model=original` is 111 M parameters: say what is being trained
+        overrides = f" with {' '.join(cfg.model_overrides)}" if cfg.model_overrides else ""
+        print(f"cram: model {cfg.model!r}{overrides}: {model_config.num_hidden_layers} layers x "
+              f"{model_config.hidden_size} hidden x {model_config.num_attention_heads} heads, "
+              f"{human(count_parameters(training.model))} parameters", file=sys.stderr)
     training.compile()
     train_model: nn.Module = training.model
     if dist.world_size > 1:

@@ -86,7 +86,11 @@ class Pacing:
         return self.budget.progress(self.elapsed(), tokens)
 
     def start(self) -> None:
-        self.last_checkpoint = self.last_evaluation = self.elapsed()
+        """The loop starts: fixed intervals count from here; the evaluation share is earned from the budget's
+        start (so the first evaluation of a short run is not pushed past a long start-up)."""
+        self.last_checkpoint = self.elapsed()
+        if self.evaluation.every_seconds is not None:
+            self.last_evaluation = self.elapsed()
 
     def checkpoint_due(self, step: int) -> bool:
         ck = self.checkpoint
@@ -99,10 +103,9 @@ class Pacing:
 
     def evaluation_due(self, step: int, eval_seconds: float, batches_per_rank: int) -> bool:
         """every_steps, every_seconds, or (every_seconds=None) whenever one more evaluation keeps the share of
-        the elapsed budget spent evaluating (`eval_seconds` so far) within max_share, *and* the training time
-        since the last evaluation (or since the loop started: start-up pays for none) has earned it at that
-        share. So evaluations are spread over the run instead of spending, at once, a share that a long start-up
-        or a resumed run's earlier time would allow."""
+        the elapsed budget spent evaluating (`eval_seconds` so far) within max_share, *and* the time since the
+        last evaluation has earned it at that share. So evaluations are spread over the run instead of coming on
+        consecutive steps once a long start-up has made room for several."""
         ev = self.evaluation
         if ev.every_steps and step % ev.every_steps == 0:
             return True
