@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "crammer.eval.cli",  # glue, finetune
     "crammer.report.cli",  # report
     "crammer.hub.cli",  # push
+    "crammer.lab.cli",  # sweep, compare
 ]
 
 
