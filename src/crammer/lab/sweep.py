@@ -183,7 +183,7 @@ def _show(definition: dict) -> str:
 def _devices(parallel: int) -> tuple[list[str], int]:
     """(GPUs to place runs on, threads per run): on GPUs one run a GPU (at most as many at a time as there are
     GPUs); on a CPU the cores split evenly, since small models gain more from two single-core runs than from
-    one two-core run."""
+    one two-core run. An OMP_NUM_THREADS the user set caps it."""
     import torch
 
     if torch.cuda.is_available():
