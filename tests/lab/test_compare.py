@@ -13,7 +13,8 @@ import torch
 
 from crammer.cli import main
 from crammer.errors import CrammerError
-from crammer.lab.compare import COMPARE_HTML, COMPARE_JSON, COMPARE_MD, ONE_SEED, RULE, compare, verdict
+from crammer.lab.compare import (
+    COMPARE_HTML, COMPARE_JSON, COMPARE_MD, ONE_SEED, RULE, _default_name, compare, expand, verdict)
 from crammer.runfiles import read_metrics, training_rows, validation_rows
 from crammer.train.config import make_pretrain_config
 from crammer.train.loop import pretrain
@@ -112,3 +113,14 @@ def test_cram_compare_prints_the_table(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert compare(_members(runs)).markdown_table() in out and f"wrote {tmp_path / 'c' / COMPARE_MD}" in out
     assert main(["compare", str(runs / "nothing")]) == 2
+
+
+def test_run_folders_are_named_as_variants(tmp_path):
+    for folder in ("a/bert", "b/bert", "sw/base/seed-0", "sw/base/seed-1", "demo"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "demo" / "run.json").write_text("{}")  # a `cram run` folder: its pretraining is the run
+    found = expand([tmp_path / "a/bert", tmp_path / "b/bert", tmp_path / "sw/base/seed-0", tmp_path / "sw/base/seed-1",
+                    tmp_path / "demo"])
+    assert [(str(run.relative_to(tmp_path)), _default_name(run) if name is None else name) for run, name in found] == [
+        ("a/bert", "a/bert"), ("b/bert", "b/bert"), ("sw/base/seed-0", "base"), ("sw/base/seed-1", "base"),
+        ("demo/pretrain", "demo")]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 SWEEP_EXAMPLE = """\
 example (the README's "Recipe lab" shows its real output):
-  cram data prepare --source ../shared/data/wiki/sample.txt --out data/sample --vocab-size 2000 seq_len=64
+  cram data prepare --source ../shared/data/wiki/sample.txt --out data/sample --vocab-size 2000 --seq-len 64
   cram sweep --data data/sample --out runs/lr-sweep --preset tiny --budget-tokens 200000 --seeds 2 \\
       --variant base --variant lr-high:optim.lr=4e-3 eval.every_steps=10
   -> runs/lr-sweep/{base,lr-high}/seed-{0,1}/ (ordinary `cram pretrain` run folders), the table on
@@ -45,7 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", action="append", default=[], metavar="NAME[:key=value,...]",
                    help="a variant (repeatable; the first is the baseline)")
     p.add_argument("--variants", metavar="FILE", help="variants, one a line, as after --variant (# comments)")
-    p.add_argument("common", nargs="*", metavar="key=value", help="settings for every variant")
+    p.add_argument("--glue", metavar="TASKS",
+                   help="also fine-tune each final model on these GLUE tasks (e.g. rte,mrpc,stsb,sst2,cola) with "
+                   "`cram glue`'s protocol; its settings as glue.KEY=VALUE (glue.epochs=3)")
+    p.add_argument("--glue-dir", metavar="DIR", help="local glue_data folder for --glue (default: the hub)")
+    p.add_argument("common", nargs="*", metavar="key=value",
+                   help="pretraining settings for every variant; glue.KEY=VALUE for --glue")
     p.set_defaults(func=_sweep)
 
     c = sub.add_parser(
@@ -62,18 +67,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _sweep(args: argparse.Namespace) -> int:
     from crammer.config import parse_duration
-    from crammer.lab.sweep import Budget, parse_variant, read_variants_file, sweep
+    from crammer.lab.sweep import Budget, Glue, parse_variant, read_variants_file, sweep
+
+    from crammer.errors import CrammerError
 
     texts = list(args.variant) + (read_variants_file(args.variants) if args.variants else [])
+    common = [s for s in args.common if not s.startswith("glue.")]
+    glue_settings = [s.removeprefix("glue.") for s in args.common if s.startswith("glue.")]
+    if (glue_settings or args.glue_dir) and not args.glue:
+        raise CrammerError("glue.KEY=VALUE settings and --glue-dir need --glue TASKS")
+    glue = Glue(args.glue, args.glue_dir, tuple(glue_settings)) if args.glue else None
     variants = [parse_variant(text, args.preset) for text in texts]
-    variants = [type(v)(v.name, v.preset, (*args.common, *v.overrides)) for v in variants]
+    variants = [type(v)(v.name, v.preset, (*common, *v.overrides)) for v in variants]
     budget = Budget(seconds=parse_duration(args.budget) if args.budget else None, tokens=args.budget_tokens)
     command = ["cram", "sweep", "--data", args.data, "--out", str(args.out),
                *(["--budget", args.budget] if args.budget else ["--budget-tokens", str(args.budget_tokens)]),
                "--preset", args.preset, "--seeds", str(args.seeds), "--parallel", str(args.parallel),
+               *(["--glue", args.glue] if args.glue else []), *(["--glue-dir", args.glue_dir] if args.glue_dir else []),
                *[a for text in texts for a in ("--variant", text)], *args.common]
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    result = sweep(args.data, args.out, variants, budget, seeds=args.seeds, parallel=args.parallel,
+    result = sweep(args.data, args.out, variants, budget, seeds=args.seeds, parallel=args.parallel, glue=glue,
                    command=command, log=log)
     print(result.markdown_table())
     print(f"\nwrote {args.out / 'compare.md'} and {args.out / 'compare.html'}")

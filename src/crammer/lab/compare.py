@@ -3,7 +3,7 @@ difference by the seeds' spread.
 
 Runs are grouped into variants: a run folder named `seed-K` belongs to the variant named after its parent
 (how `cram sweep` lays out `OUT/NAME/seed-K`), any other run folder is a variant of its own; a sweep folder
-(one holding sweep.json) stands for all its members. The first variant is the baseline unless `baseline`
+(one holding sweep.json) stands for all its members, a `cram run` folder for its pretraining. The first variant is the baseline unless `baseline`
 names a run.
 
 Only runs measured on the same validation set compare: the same prepared corpus (its recipe hash and
@@ -32,11 +32,13 @@ from crammer.errors import CrammerError
 from crammer.io import atomic_write_json, atomic_write_text, read_json
 from crammer.report.document import Bullets, Code, Document, Heading, Image, Paragraph, Table, to_html, to_markdown
 from crammer.runfiles import (
-    CHECKPOINT_DIR, CONFIG_FILE, FINAL_DIR, SUMMARY_FILE, read_metrics, training_rows, validation_rows)
+    CHECKPOINT_DIR, CONFIG_FILE, FINAL_DIR, RUN_JSON, SUMMARY_FILE, RunLayout, read_metrics, training_rows,
+    validation_rows)
 from crammer.units import duration, human
 
 SWEEP_FILE = "sweep.json"  # a sweep folder's record (see crammer.lab.sweep)
 COMPARE_MD, COMPARE_HTML, COMPARE_JSON = "compare.md", "compare.html", "compare.json"
+GLUE_DIR = "glue"  # where `cram sweep --glue` puts a member's GLUE results: RUN_DIR/glue/results.json
 ONE_SEED = "one seed: no noise estimate"
 # Settings that never change what a run learns: left out of "differs from the baseline".
 _NOT_RECIPE = ("seed", "config_hash", "checkpoint", "logging")
@@ -62,6 +64,8 @@ class Member:
     elapsed_s: float
     corpus: dict[str, Any]
     curve: list[tuple[float, int, float]]  # (elapsed_s, tokens, val_loss) of every validation row
+    glue: dict[str, float] | None  # RUN_DIR/glue/results.json's GLUE numbers (medians over trials), if any
+    glue_columns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -88,6 +92,7 @@ class VariantRow:
     overrides: list[str] | None  # as the sweep defined the variant (None outside a sweep)
     differs: list[str]  # the settings in which its runs differ from the baseline's first run
     members: list[dict[str, Any]] = field(default_factory=list)
+    glue: dict[str, float] | None = None  # GLUE column -> median over seeds (each a median over trials)
 
 
 @dataclass
@@ -106,8 +111,12 @@ class Comparison:
         return next(r for r in self.rows if r.variant == variant)
 
     def markdown_table(self) -> str:
+        """The validation table (and the GLUE table, when the runs were evaluated) in Markdown."""
         doc = Document("")
         doc.add(_table(self.rows))
+        glue = _glue_table(self.rows)
+        if glue is not None:
+            doc.add(glue)
         return to_markdown(doc, Path(".")).split("\n", 2)[2].strip()
 
 
@@ -132,11 +141,23 @@ def expand(paths: list[str | Path]) -> list[tuple[Path, str | None]]:
                 seeds = sorted((d for d in (path / name).glob("seed-*") if _SEED_DIR.fullmatch(d.name)),
                                key=lambda d: int(d.name[5:]))
                 out += [(d, name) for d in seeds if (d / CONFIG_FILE).is_file()]
+        elif (path / RUN_JSON).is_file():  # a `cram run` folder: its pretraining, named after the folder
+            out.append((RunLayout(path).pretrain, path.name))
         else:
             out.append((path, None))
     if not out:
         raise CrammerError(f"no run folders in {', '.join(map(str, paths))}")
+    names = [name or _default_name(run) for run, name in out]
+    for i, (run, name) in enumerate(out):
+        # two plain run folders of the same name (runs/a/bert, runs/b/bert) are two variants, not two seeds
+        if name is None and not _SEED_DIR.fullmatch(run.name) and names.count(names[i]) > 1:
+            out[i] = (run, f"{run.parent.name}/{run.name}")
     return out
+
+
+def _default_name(run: Path) -> str:
+    """A run folder named seed-K is a seed of the variant named after its parent; any other, a variant."""
+    return run.parent.name if _SEED_DIR.fullmatch(run.name) else run.name
 
 
 def read_member(path: Path, variant: str | None = None) -> Member:
@@ -155,15 +176,19 @@ def read_member(path: Path, variant: str | None = None) -> Member:
     last = validation[-1]
     throughput = [r["tokens_per_s"] for r in training if r.get("tokens_per_s") is not None]
     progress = summary or (training[-1] if training else last)
+    glue_path = path / GLUE_DIR / "results.json"
+    glue = read_json(glue_path) if glue_path.is_file() else None
     seed_dir = _SEED_DIR.fullmatch(path.name)
     return Member(
-        path=path, variant=variant or (path.parent.name if seed_dir else path.name),
+        path=path, variant=variant or _default_name(path),
         seed=int(seed_dir.group(1)) if seed_dir else None, config=read_json(path / CONFIG_FILE),
         finished=summary is not None, val_loss=last["val_loss"], val_accuracy=last["val_accuracy"],
         val_bits_per_char=last.get("val_bits_per_char"), val_sequences=last["val_sequences"],
         tokens_per_s=statistics.median(throughput) if throughput else None, steps=progress["steps" if summary else "step"],
         tokens=progress["tokens"], elapsed_s=progress["elapsed_s"], corpus=corpus,
-        curve=[(r["elapsed_s"], r["tokens"], r["val_loss"]) for r in validation])
+        curve=[(r["elapsed_s"], r["tokens"], r["val_loss"]) for r in validation],
+        glue=None if glue is None else {**glue["glue_numbers"], "mean": glue["mean_over_tasks_run"]},
+        glue_columns=[] if glue is None else [*glue["columns"], "mean"])
 
 
 def _corpus_record(path: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
@@ -257,8 +282,17 @@ def _row(name: str, group: list[Member], base: list[Member], overrides: list[str
         tokens=median(m.tokens for m in group), elapsed_s=median(m.elapsed_s for m in group),
         delta_nats=median(losses) - median(base_losses), noise_nats=noise, verdict=label, overrides=overrides,
         differs=_differences(base[0].config, group[0].config),
-        members=[{k: v for k, v in asdict(m).items() if k not in ("config", "curve", "corpus")} | {"path": str(m.path)}
-                 for m in group])
+        members=[{k: v for k, v in asdict(m).items() if k not in ("config", "curve", "corpus", "glue_columns")}
+                 | {"path": str(m.path)} for m in group],
+        glue=_glue_medians(group))
+
+
+def _glue_medians(group: list[Member]) -> dict[str, float] | None:
+    """Each GLUE number's median over the variant's seeds, where every seed has it (None without GLUE)."""
+    if any(m.glue is None for m in group):
+        return None
+    columns = [c for c in group[0].glue_columns if all(m.glue.get(c) is not None for m in group)]
+    return {c: statistics.median(m.glue[c] for m in group) for c in columns}
 
 
 def _differences(base: dict[str, Any], config: dict[str, Any]) -> list[str]:
@@ -324,6 +358,15 @@ def _table(rows: list[VariantRow]) -> Table:
     return Table(header, body)
 
 
+def _glue_table(rows: list[VariantRow]) -> Table | None:
+    """Variants x GLUE numbers, for the variants whose every seed was evaluated (None if none was)."""
+    rows = [r for r in rows if r.glue]
+    if not rows:
+        return None
+    columns = [c for c in rows[0].glue if all(c in r.glue for r in rows)]
+    return Table(["variant (GLUE dev)", *columns], [[r.variant, *(f"{r.glue[c]:.1f}" for c in columns)] for r in rows])
+
+
 RULE = ("Verdict: with two or more seeds on both sides, d = median(variant) − median(baseline) of the final "
         "validation loss, noise = the larger of the two seed spreads (max − min); **better** if d < −noise, "
         "**worse** if d > noise, else **within noise**. With one seed on either side: "
@@ -343,6 +386,11 @@ def write_report(result: Comparison, groups: dict[str, list[Member]], out: Path)
         Paragraph(RULE))
     if result.notes:
         doc.add(Bullets(result.notes))
+    glue = _glue_table(result.rows)
+    if glue is not None:
+        doc.add(Heading("GLUE"), Paragraph(
+            "Each model fine-tuned with `cram glue`'s protocol (see each run's glue/results.md); per task the "
+            "median over trials, then the median over the variant's seeds; mean = over the numbers run."), glue)
     doc.add(Heading("Validation loss"))
     for png, caption in plot_validation(groups, out / "plots"):
         doc.add(Image(png, caption))

@@ -26,7 +26,7 @@ from typing import Callable
 from crammer.config import split_assignment
 from crammer.errors import CrammerError
 from crammer.io import atomic_write_json, exclusive_folder, read_json
-from crammer.lab.compare import SWEEP_FILE, Comparison, compare
+from crammer.lab.compare import GLUE_DIR, SWEEP_FILE, Comparison, compare
 from crammer.runfiles import CHECKPOINT_DIR, CONFIG_FILE, FINAL_DIR, SUMMARY_FILE
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -61,6 +61,22 @@ class Budget:
 
     def record(self) -> dict:
         return {"seconds": self.seconds} if self.seconds is not None else {"tokens": self.tokens}
+
+
+@dataclass(frozen=True)
+class Glue:
+    """`--glue TASKS`: `cram glue` (protocol `sane`) on each member's final model, into RUN_DIR/glue; its
+    settings as for `cram glue` (`epochs=3`, `max_train_examples=500`)."""
+
+    tasks: str
+    glue_dir: str | None = None
+    overrides: tuple[str, ...] = ()
+
+    def config(self):
+        from crammer.eval.config import make_glue_config
+
+        where = [f"glue_dir={self.glue_dir}"] if self.glue_dir else []
+        return make_glue_config("sane", [f"tasks={self.tasks}", *where, *self.overrides])
 
 
 def parse_variant(text: str, default_preset: str) -> Variant:
@@ -234,7 +250,7 @@ def run_members(members: list[Member], data: Path, budget: Budget, parallel: int
                 member, _, started = running.pop(process)
                 seconds = time.monotonic() - started
                 if process.returncode == 0:
-                    log(f"sweep: {member.name}: finished ({seconds:.0f} s)")
+                    log(f"sweep: {member.name}: finished ({seconds:.1f} s)")
                 else:
                     failed[member.name] = process.returncode
                     log(f"sweep: {member.name}: failed with exit status {process.returncode} after {seconds:.0f} s; "
@@ -250,9 +266,12 @@ def run_members(members: list[Member], data: Path, budget: Budget, parallel: int
 
 
 def sweep(data: str | Path, out: str | Path, variants: list[Variant], budget: Budget, seeds: int = 1,
-          parallel: int = 1, command: list[str] | None = None, log: Callable[[str], None] = print) -> Comparison:
+          parallel: int = 1, glue: Glue | None = None, command: list[str] | None = None,
+          log: Callable[[str], None] = print) -> Comparison:
     """Run every variant x seed (see the module doc), then compare them; returns the table (`Comparison.rows`,
-    the baseline first) and writes OUT/compare.md, OUT/compare.html and OUT/compare.json.
+    the baseline first) and writes OUT/compare.md, OUT/compare.html and OUT/compare.json. With `glue`, each
+    finished member's final model is fine-tuned on those GLUE tasks too (kept trials are not run again), and
+    the report adds the GLUE table.
 
     A member that fails is reported and the others go on; the sweep then raises a CrammerError naming it
     (after writing the report of the members that finished)."""
@@ -262,6 +281,7 @@ def sweep(data: str | Path, out: str | Path, variants: list[Variant], budget: Bu
     if seeds < 1 or parallel < 1:
         raise CrammerError("--seeds and --parallel must be at least 1")
     check_variants(variants, budget)
+    glue_config = glue.config() if glue is not None else None
     with exclusive_folder(out, "sweep folder"), sigterm_as_interrupt():
         out.mkdir(parents=True, exist_ok=True)
         record = _claim(out, {
@@ -271,13 +291,23 @@ def sweep(data: str | Path, out: str | Path, variants: list[Variant], budget: Bu
         members = [Member(v, k, out / v.name / f"seed-{k}") for k in range(seeds) for v in variants]
         started = time.monotonic()
         failed = run_members(members, data, budget, parallel, log)
-        log(f"sweep: members done in {time.monotonic() - started:.0f} s")
+        log(f"sweep: members done in {time.monotonic() - started:.1f} s")
         finished = [m.run_dir for m in members if m.finished]
+        if glue_config is not None:
+            from crammer.eval.glue import evaluate_glue
+
+            for run_dir in finished:
+                started = time.monotonic()
+                evaluate_glue(str(run_dir / FINAL_DIR), glue_config, run_dir / GLUE_DIR, log=lambda line: None)
+                log(f"sweep: {run_dir.relative_to(out)}: GLUE {','.join(glue_config.tasks)} done "
+                    f"({time.monotonic() - started:.1f} s)")
         result = None
         if finished:
             overrides = {name: [f"preset={d['preset']}", *d["overrides"]] for name, d in record["variants"].items()}
             baseline = next(m.run_dir for v in variants for m in members if m.variant == v and m.finished)
+            started = time.monotonic()
             result = compare(finished, baseline=baseline, out=out, command=command, overrides=overrides)
+            log(f"sweep: report {out / 'compare.md'} written in {time.monotonic() - started:.1f} s")
         if failed:
             raise CrammerError("sweep members failed: " + ", ".join(
                 f"{name} (exit status {code}, log {out / name}.log)" for name, code in failed.items())
