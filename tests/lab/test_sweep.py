@@ -133,9 +133,9 @@ def test_a_sweep_resumes_after_kill_9_and_its_table_is_the_members_metrics(corpu
 def test_a_failing_member_is_named_and_the_others_are_reported_with_glue(corpus, glue_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
     code = main(["sweep", "--data", str(corpus), "--out", str(out), "--preset", "tiny", "--budget-tokens", "4096",
-                 "--variant", "base", "--variant", "short:model.max_position_embeddings=32", "batch.target=16",
-                 "--glue", "rte", "--glue-dir", str(glue_dir), "glue.trials=1", "glue.epochs=1",
-                 "glue.max_train_examples=32", "glue.max_eval_examples=32"])
+                 "--glue", "rte", "--glue-dir", str(glue_dir), "--variant", "base",
+                 "--variant", "short:model.max_position_embeddings=32", "batch.target=16", "glue.trials=1",
+                 "glue.epochs=1", "glue.max_train_examples=32", "glue.max_eval_examples=32"])
     err = capsys.readouterr().err
     assert code == 2 and "cram: error: sweep members failed: short/seed-0 (exit status 2" in err
     assert "max_position_embeddings" in (out / "short" / "seed-0.log").read_text()
