@@ -34,7 +34,10 @@ def _imported_modules(path: Path) -> set[str]:
                                                 # readers of a run folder never import the stages that write it
                                                 ("train", "crammer.hub"), ("hub", "crammer.eval"),
                                                 ("hub", "crammer.train"), ("hub", "crammer.pipeline"),
-                                                ("report", "crammer.pipeline"), ("report", "crammer.hub")])
+                                                ("report", "crammer.pipeline"), ("report", "crammer.hub"),
+                                                # the recipe lab sits on top, beside pipeline: nothing below imports it
+                                                *[(package, "crammer.lab") for package in
+                                                  ("data", "model", "train", "eval", "hub", "report", "pipeline")]])
 def test_stages_do_not_import_each_other_sideways(package, forbidden):
     offenders = {str(path.relative_to(SRC)): sorted(m for m in _imported_modules(path) if m.startswith(forbidden))
                  for path in (SRC / package).rglob("*.py")}
@@ -90,8 +93,8 @@ def test_the_command_line_starts_without_torch_or_transformers():
 
 
 @pytest.mark.parametrize("command", [[], ["data", "prepare"], ["pretrain"], ["bench"], ["plan"], ["plot"],
-                                     ["glue"], ["finetune"], ["run"], ["report"], ["validate"],
-                                     ["export"]])
+                                     ["glue"], ["finetune"], ["run"], ["report"], ["validate"], ["export"],
+                                     ["sweep"], ["compare"]])
 def test_help_of_every_command_needs_no_torch(command):
     code = ("from crammer.cli import main\n"
             f"try:\n    main({[*command, '--help']!r})\nexcept SystemExit as e:\n    assert e.code == 0\n")

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "crammer.report.cli",  # report
     "crammer.hub.cli",  # push
     "crammer.export.cli",  # export
+    "crammer.lab.cli",  # sweep, compare
 ]
 
 

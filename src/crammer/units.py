@@ -16,3 +16,11 @@ def human(x: float, unit: str = "") -> str:
         if abs(x) >= factor:
             return f"{x / factor:.3g}{suffix}{unit}"
     return f"{x:.3g}{unit}"
+
+
+def time_unit(span_seconds: float) -> tuple[float, str]:
+    """(seconds per unit, unit name) for a time axis that spans `span_seconds`: seconds up to 2 minutes, minutes
+    up to 2 hours, hours beyond, so that a 2-minute run is not drawn as 0.000-0.035 hours."""
+    if span_seconds <= 120:
+        return 1.0, "seconds"
+    return (60.0, "minutes") if span_seconds <= 7200 else (3600.0, "hours")

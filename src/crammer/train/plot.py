@@ -2,7 +2,8 @@
 
 Reads RUN_DIR/metrics.jsonl (also mid-run) and writes one PNG per quantity into RUN_DIR/plots:
 training and validation loss, validation accuracy, learning rate, batch size, throughput (+ MFU) and, on a
-GPU, utilisation, memory, temperature and power. The x axis is elapsed budget time in hours.
+GPU, utilisation, memory, temperature and power. The x axis is elapsed budget time, in seconds, minutes or
+hours by the run's length (`crammer.units.time_unit`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from crammer.errors import CrammerError  # noqa: E402
 from crammer.io import atomic_path  # noqa: E402
 from crammer.runfiles import METRICS_FILE, read_metrics  # noqa: E402
+from crammer.units import time_unit  # noqa: E402
 
 # file name -> (title, [(metric key, label, scale)])
 PLOTS: dict[str, tuple[str, list[tuple[str, str, float]]]] = {
@@ -42,11 +44,12 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     if not records:
         raise CrammerError(f"{run_dir / METRICS_FILE}: no records yet")
     out = Path(out_dir) if out_dir else run_dir / "plots"
+    seconds_per_unit, unit = time_unit(max(r.get("elapsed_s", 0.0) for r in records))
     written = []
     for name, (title, series) in PLOTS.items():
         lines = []
         for key, label, scale in series:
-            points = [(r["elapsed_s"] / 3600, r[key] * scale) for r in records if r.get(key) is not None]
+            points = [(r["elapsed_s"] / seconds_per_unit, r[key] * scale) for r in records if r.get(key) is not None]
             if points:
                 lines.append((label, points))
         if not lines:
@@ -56,16 +59,20 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
             xs, ys = zip(*points)
             ax.plot(xs, ys, label=label, linewidth=1)
         ax.set_title(title)
-        ax.set_xlabel("elapsed (hours)")
+        ax.set_xlabel(f"elapsed ({unit})")
         if len(series) == 1:
             ax.set_ylabel(series[0][1])  # the unit: tokens/s, %, W, ...
         ax.grid(alpha=0.3)
         if len(lines) > 1:
             ax.legend()
-        fig.tight_layout()
-        path = out / f"{name}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out / f"{name}.png"))
     return written
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write `fig` as a PNG atomically (a report being built never embeds half a file) and close it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
