@@ -8,8 +8,9 @@ names a run.
 
 Only runs measured on the same validation set compare: the same prepared corpus (its recipe hash and
 tokenizer digest, as the run recorded them, see `crammer.train.resume.corpus_record`) and the same number of
-validation sequences; other runs are refused. Runs with other budgets or another masking recipe (which
-masks the validation subset differently) are compared, and the report says so.
+validation sequences; other runs are refused (the masks of the validation subset are the same for every run,
+whatever masking it trained with: `crammer.train.validation.VALIDATION_MASKING`). Runs with other budgets are
+compared, and the report says so.
 
 The verdict rule (lower loss is better). With at least two seeds on both sides, let d = median(variant) -
 median(baseline) of the final validation loss, and noise = the larger of the two spreads, spread = max - min
@@ -318,10 +319,6 @@ def _notes(members: list[Member]) -> list[str]:
     if len(budgets) > 1:
         notes.append("The runs differ in budget (" + "; ".join(
             f"{m.path}: {_budget(m.config)}" for m in members) + "): a longer budget alone lowers the loss.")
-    masking = {json.dumps(m.config.get("masking"), sort_keys=True) for m in members}
-    if len(masking) > 1:
-        notes.append("The runs differ in their masking recipe, which also masks the validation subset: their "
-                     "validation losses are measured on other masked positions (and another share of them).")
     unfinished = [str(m.path) for m in members if not m.finished]
     if unfinished:
         notes.append(f"Not finished (figures are the last validation so far): {', '.join(unfinished)}.")
