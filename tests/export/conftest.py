@@ -10,8 +10,8 @@ import torch
 
 from crammer.data.config import CorpusConfig
 from crammer.data.prepare import prepare
+from crammer.pipeline.pretrain import pretrain
 from crammer.train.config import make_pretrain_config
-from crammer.train.loop import pretrain
 
 TINY = ["model.hidden_size=64", "model.num_hidden_layers=2", "model.num_attention_heads=2",
         "model.intermediate_size=256"]

@@ -12,7 +12,7 @@ from crammer.errors import CrammerError
 from crammer.io import atomic_dir
 from crammer.model.configuration_crammed_bert import ACTIVATIONS, CrammedBertConfig
 from crammer.model.modeling_crammed_bert import CrammedBertForMaskedLM, CrammedBertModel
-from crammer.model.native import copy_model_card, save_native_tokenizer
+from crammer.model.native import copy_model_card, load_crammer_folder, replaceable_output, save_native_tokenizer
 from crammer.model.presets import ORIGINAL_ARCHITECTURE
 
 # The config fields BertConfig and CrammedBertConfig share, under the same names and meanings.
@@ -157,24 +157,6 @@ def bert_config_from(config: CrammedBertConfig) -> BertConfig:
     )
 
 
-def _load_ours(source: str | os.PathLike) -> CrammedBertModel | CrammedBertForMaskedLM:
-    """A saved crammer folder as the class that saved it (an MLM, else the bare encoder)."""
-    try:
-        config = CrammedBertConfig.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CrammerError(f"to_hf_bert: cannot load a crammer model from {source}: {reason}") from None
-    cls = CrammedBertForMaskedLM if "CrammedBertForMaskedLM" in (config.architectures or []) else CrammedBertModel
-    check_bert_expressible(config, with_mlm_head=cls is CrammedBertForMaskedLM)  # before reading the weights
-    return cls.from_pretrained(source, config=config, dtype=torch.float32)
-
-
-def _replaceable(path: Path) -> None:
-    """to_hf_bert replaces an empty folder or a model folder (one with config.json), nothing else."""
-    if not path.is_dir() or (any(path.iterdir()) and not (path / "config.json").is_file()):
-        raise CrammerError(f"to_hf_bert: {path} exists and is not a model folder; choose another output")
-
-
 @torch.no_grad()
 def to_hf_bert(source: CrammedBertModel | CrammedBertForMaskedLM | str | os.PathLike,
                save_directory: str | os.PathLike | None = None, tokenizer=None) -> BertModel | BertForMaskedLM:
@@ -189,7 +171,7 @@ def to_hf_bert(source: CrammedBertModel | CrammedBertForMaskedLM | str | os.Path
     """
     folder = Path(source) if isinstance(source, (str, os.PathLike)) else None
     if folder is not None:
-        model = _load_ours(folder)
+        model = load_crammer_folder(folder, "to_hf_bert", check_bert_expressible)
         if tokenizer is None and any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
             from transformers import AutoTokenizer
 
@@ -217,7 +199,7 @@ def to_hf_bert(source: CrammedBertModel | CrammedBertForMaskedLM | str | os.Path
     hf.load_state_dict(state, strict=True)
     hf.eval()
     if save_directory is not None:
-        with atomic_dir(save_directory, check_existing=_replaceable) as tmp:
+        with atomic_dir(save_directory, check_existing=replaceable_output("to_hf_bert")) as tmp:
             hf.save_pretrained(tmp)
             if tokenizer is not None:
                 save_native_tokenizer(tokenizer, tmp, config.max_position_embeddings,

@@ -19,7 +19,7 @@ from crammer.errors import CrammerError
 from crammer.io import atomic_dir, atomic_write_json, read_json
 from crammer.model.configuration_crammed_bert import CrammedBertConfig
 from crammer.model.modeling_crammed_bert import CrammedBertForMaskedLM, CrammedBertModel
-from crammer.model.native import copy_model_card, save_native_tokenizer
+from crammer.model.native import copy_model_card, load_crammer_folder, replaceable_output, save_native_tokenizer
 from crammer.model.presets import MODERNBERT_ARCHITECTURE
 
 # Our parameter names -> ModernBERT's, as (prefix, replacement) applied to a name inside the encoder.
@@ -124,23 +124,6 @@ def modernbert_state(ours: dict[str, torch.Tensor], encoder_prefix: str, target_
     return out
 
 
-def _load_ours(source: str | os.PathLike) -> CrammedBertModel | CrammedBertForMaskedLM:
-    try:
-        config = CrammedBertConfig.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CrammerError(f"export: cannot load a crammer model from {source}: {reason}") from None
-    check_modernbert_expressible(config)  # before reading the weights
-    cls = CrammedBertForMaskedLM if "CrammedBertForMaskedLM" in (config.architectures or []) else CrammedBertModel
-    return cls.from_pretrained(source, config=config, dtype=torch.float32)
-
-
-def _replaceable(path: Path) -> None:
-    """An export replaces an empty folder or a model folder (one with config.json), nothing else."""
-    if not path.is_dir() or (any(path.iterdir()) and not (path / "config.json").is_file()):
-        raise CrammerError(f"export: {path} exists and is not a model folder; choose another output")
-
-
 @torch.no_grad()
 def to_hf_modernbert(source: CrammedBertModel | CrammedBertForMaskedLM | str | os.PathLike,
                      save_directory: str | os.PathLike | None = None,
@@ -154,7 +137,7 @@ def to_hf_modernbert(source: CrammedBertModel | CrammedBertForMaskedLM | str | o
     """
     folder = Path(source) if isinstance(source, (str, os.PathLike)) else None
     if folder is not None:
-        model = _load_ours(folder)
+        model = load_crammer_folder(folder, "export", lambda config, is_mlm: check_modernbert_expressible(config))
         if tokenizer is None and (folder / "tokenizer.json").is_file():
             from transformers import AutoTokenizer
 
@@ -183,7 +166,7 @@ def to_hf_modernbert(source: CrammedBertModel | CrammedBertForMaskedLM | str | o
     hf.eval()
     notes: list[str] = []
     if save_directory is not None:
-        with atomic_dir(save_directory, check_existing=_replaceable) as tmp:
+        with atomic_dir(save_directory, check_existing=replaceable_output("export")) as tmp:
             hf.save_pretrained(tmp)
             # transformers 4.x reads the rotary theta and the attention pattern from these keys (5.x from
             # rope_parameters and layer_types): every layer global, one theta.

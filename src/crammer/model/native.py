@@ -1,5 +1,6 @@
 """What every native Hugging Face folder (`bert`, `modernbert`) carries besides its weights: a tokenizer that
-loads as a plain `BertTokenizerFast` on transformers 4.x and 5.x, and the model card of the folder it came from.
+loads as a plain `BertTokenizerFast` on transformers 4.x and 5.x, and the model card of the folder it came from;
+and what every export does first (load the crammer folder, check the output folder).
 
 transformers 5 rebuilds a `BertTokenizerFast` from `vocab.txt` with BERT's own normalizer (clean text, optional
 CJK splitting, optional lowercasing and accent stripping) and keeps only the post-processor of `tokenizer.json`;
@@ -11,10 +12,17 @@ make BERT's normalizer do what the crammer tokenizer's normalizer does (NFD, low
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
+import torch
+
+from crammer.errors import CrammerError
 from crammer.io import atomic_write_json, atomic_write_text
+from crammer.model.configuration_crammed_bert import CrammedBertConfig
+from crammer.model.modeling_crammed_bert import CrammedBertForMaskedLM, CrammedBertModel
 
 # The steps of a `tokenizers` normalizer that BERT's normalizer reproduces, by their JSON type.
 BERT_NORMALIZER_STEPS = ("NFD", "Lowercase", "StripAccents")
@@ -71,3 +79,26 @@ def copy_model_card(source: str | Path | None, folder: str | Path) -> None:
     card = Path(source) / "README.md" if source is not None else None
     if card is not None and card.is_file():
         shutil.copyfile(card, Path(folder) / "README.md")
+
+
+def load_crammer_folder(source: str | os.PathLike, what: str, check: Callable[[CrammedBertConfig, bool], None]
+                        ) -> CrammedBertModel | CrammedBertForMaskedLM:
+    """A saved crammer folder as the class that saved it (an MLM, else the bare encoder), its config passed to
+    `check(config, is_mlm)` before the weights are read; `what` names the export in a one-line error."""
+    try:
+        config = CrammedBertConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CrammerError(f"{what}: cannot load a crammer model from {source}: {reason}") from None
+    cls = CrammedBertForMaskedLM if "CrammedBertForMaskedLM" in (config.architectures or []) else CrammedBertModel
+    check(config, cls is CrammedBertForMaskedLM)
+    return cls.from_pretrained(source, config=config, dtype=torch.float32)
+
+
+def replaceable_output(what: str) -> Callable[[Path], None]:
+    """The `atomic_dir` check of an export's output: it replaces an empty folder or a model folder (one with
+    config.json), nothing else."""
+    def check(path: Path) -> None:
+        if not path.is_dir() or (any(path.iterdir()) and not (path / "config.json").is_file()):
+            raise CrammerError(f"{what}: {path} exists and is not a model folder; choose another output")
+    return check
