@@ -76,12 +76,13 @@ def test_minilm_continued_on_wikipedia_beats_its_shape_from_scratch_and_fine_tun
                                                                                   tmp_path, capsys):
     """The acceptance run: the same token budget and recipe, MiniLM's weights against none. MiniLM has no MLM head
     (a sentence-transformers encoder), so its step-0 loss says little; the from-scratch run is the yardstick."""
-    recipe = ["--data", str(minilm_corpus), "--preset", "tiny", "--budget-tokens", str(64 * 8 * 40),
+    recipe = ["--data", str(minilm_corpus), "--preset", "tiny", "--budget-tokens", str(64 * 8 * 48),
               "batch.target=8", "optim.lr=5e-4", "eval.sequences=64", "eval.every_steps=0", "eval.every_seconds=1e9",
               "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0"]
     assert main(["pretrain", "--init-from", str(minilm), "--out", str(tmp_path / "continued"), *recipe]) == 0
     err = capsys.readouterr().err
-    assert f"cram: model from {minilm} (bert): 6 layers x 384 hidden x 12 heads" in err
+    assert (f"cram: model from {minilm} (bert) with hidden_dropout_prob=0 attention_probs_dropout_prob=0: 6 layers "
+            "x 384 hidden x 12 heads") in err
     assert "has no MLM head weights (decoder.bias, head_transform): the decoder is tied to its word embeddings" in err
     assert main(["pretrain", "--out", str(tmp_path / "scratch"), *recipe, *MINILM_SHAPE]) == 0
 

@@ -111,7 +111,10 @@ class StartingModel:
     def load_into(self, model: nn.Module) -> list[str]:
         """Copy MODEL's weights into `model` in place (its parameter objects stay, so an optimizer built over them
         still holds them, with fresh state); the names of the tensors MODEL had none for (left as initialised)."""
-        source = self._source_model()
+        from crammer.progress import no_transformers_bars
+
+        with no_transformers_bars():
+            source = self._source_model()
         state = source.state_dict()
         if not any(key.startswith("bert.") for key in state):  # a bare encoder: ours sits under `bert.`
             state = {f"bert.{k}": v for k, v in state.items() if not k.startswith("pooler.")}
