@@ -102,13 +102,16 @@ def test_minilm_continued_on_wikipedia_beats_its_shape_from_scratch_and_fine_tun
     assert f"`{minilm}` (bert), weights sha256 `{summary['init_from']['fingerprint'][:16]}" in report
     assert "validation MLM loss / accuracy of the starting model (step 0)" in report
 
-    # A Hugging Face model: it loads as one (and, being BERT's architecture, exports to a native BERT) ...
+    # A Hugging Face model: it loads as one, and (BERT's architecture) converts to a native BertForMaskedLM ...
     from transformers import AutoModelForMaskedLM
 
-    import crammer.model  # noqa: F401
+    from crammer.model import to_hf_bert
 
-    assert type(AutoModelForMaskedLM.from_pretrained(final)).__name__ == "CrammedBertForMaskedLM"
-    assert main(["export", str(final), "--to", "bert", "--out", str(tmp_path / "bert")]) == 0
+    mlm = AutoModelForMaskedLM.from_pretrained(final).eval()
+    assert type(mlm).__name__ == "CrammedBertForMaskedLM" and mlm.config.max_position_embeddings == 512
+    ids = torch.randint(1000, 30000, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(to_hf_bert(mlm)(ids).logits, mlm(ids).logits, atol=1e-4, rtol=0)
     # ... and fine-tunes with `cram finetune` (a small SST-2 subset: a smoke run, not a score).
     out = tmp_path / "sst2"
     assert main(["finetune", "--model", str(final), "--train", str(glue_dir / "SST-2" / "train.tsv"),
@@ -240,3 +243,17 @@ def test_a_native_modernbert_folder_is_a_starting_model(corpus, wiki_sample, tmp
     weights = _start_weights(parts)
     assert all(torch.equal(weights[k], v) for k, v in back.state_dict().items())
 
+
+
+def test_a_model_that_is_not_there_is_one_line(corpus, tmp_path, capsys):
+    base = ["pretrain", "--data", str(corpus), "--out", str(tmp_path / "run"), "--preset", "tiny",
+            "--budget-tokens", "5120", "--init-from"]
+    assert main([*base, str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"cram: error: --init-from {tmp_path / 'nope'}: no such model folder\n"
+    assert main([*base, "nobody-here/no-such-model"]) == 2  # the tests run with HF_HUB_OFFLINE=1
+    err = capsys.readouterr().err
+    assert err.startswith("cram: error: --init-from nobody-here/no-such-model: not a local folder, and downloading "
+                          "it from the hub failed (") and err.count("\n") == 1
+    assert main([*base, str(corpus)]) == 2  # a folder, but no model
+    assert capsys.readouterr().err == f"cram: error: --init-from {corpus}: not a model folder (no config.json)\n"
+    assert not (tmp_path / "run").exists()
