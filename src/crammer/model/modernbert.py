@@ -179,3 +179,91 @@ def to_hf_modernbert(source: CrammedBertModel | CrammedBertForMaskedLM | str | o
                                               ("input_ids", "attention_mask"))
             copy_model_card(folder, tmp)
     return hf, notes
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The way back: a native `modernbert` folder (ours, or any ModernBERT crammer's block can express) -> crammer.
+
+
+def config_from_hf_modernbert(mb: ModernBertConfig, source: str = "modernbert") -> CrammedBertConfig:
+    """The crammer config of a ModernBertConfig (the inverse of `modernbert_config_from`). What crammer's block
+    cannot compute is a one-line CrammerError naming it: sliding-window layers, two rotary thetas, biases that
+    differ between sub-layers."""
+    layer_types = list(getattr(mb, "layer_types", None) or [])
+    windowed = [i for i, kind in enumerate(layer_types) if kind != "full_attention"]
+    if windowed or (not layer_types and getattr(mb, "global_attn_every_n_layers", 1) != 1):
+        raise CrammerError(f"{source}: ModernBERT layers with sliding-window attention ({len(windowed)} of "
+                           f"{mb.num_hidden_layers}) cannot be loaded: crammer attends over the whole sequence")
+    rope = getattr(mb, "rope_parameters", None) or {}
+    full = rope.get("full_attention", rope) if isinstance(rope, dict) else {}
+    theta = full.get("rope_theta", getattr(mb, "global_rope_theta", 10000.0))
+    biases = {name: getattr(mb, name) for name in ("attention_bias", "mlp_bias", "decoder_bias", "classifier_bias")}
+    if len(set(biases.values())) > 1:
+        raise CrammerError(f"{source}: ModernBERT biases differ between sub-layers ({biases}); crammer's use_bias "
+                           "is one switch for all")
+    if mb.classifier_activation != mb.hidden_activation:
+        raise CrammerError(f"{source}: classifier_activation={mb.classifier_activation!r} differs from "
+                           f"hidden_activation={mb.hidden_activation!r}; crammer's head uses the one activation")
+    try:
+        return CrammedBertConfig(
+            **MODERNBERT_ARCHITECTURE, vocab_size=mb.vocab_size, hidden_size=mb.hidden_size,
+            intermediate_size=2 * mb.intermediate_size, num_hidden_layers=mb.num_hidden_layers,
+            num_attention_heads=mb.num_attention_heads, hidden_act=mb.hidden_activation,
+            max_position_embeddings=mb.max_position_embeddings, rope_theta=float(theta),
+            initializer_range=mb.initializer_range, layer_norm_eps=mb.norm_eps, norm_bias=mb.norm_bias,
+            use_bias=biases["attention_bias"], hidden_dropout_prob=mb.mlp_dropout,
+            attention_probs_dropout_prob=mb.attention_dropout, classifier_dropout=mb.classifier_dropout,
+            pad_token_id=mb.pad_token_id, tie_word_embeddings=mb.tie_word_embeddings)
+    except ValueError as e:
+        raise CrammerError(f"{source}: {e}") from None
+
+
+def crammer_state(theirs: dict[str, torch.Tensor], source_prefix: str) -> dict[str, torch.Tensor]:
+    """ModernBERT's tensors (the encoder's under `source_prefix`) under our names, GLU halves swapped back (the
+    inverse of `modernbert_state`, for an MLM: our encoder sits under `bert.`)."""
+    back = lambda renames: tuple((t, m) for m, t in renames)  # noqa: E731
+    out = {}
+    for name, tensor in theirs.items():
+        if name.startswith(source_prefix + "layers."):
+            index, rest = name[len(source_prefix + "layers."):].split(".", 1)
+            renamed = _rename(rest, back(LAYER_RENAMES))
+            ours = None if renamed is None else f"bert.layers.{index}.{renamed}"
+            if rest.startswith("mlp.Wi."):
+                first, second = tensor.chunk(2, dim=0)
+                tensor = torch.cat((second, first), dim=0)
+        elif name.startswith(source_prefix) and source_prefix:
+            renamed = _rename(name[len(source_prefix):], back(ENCODER_RENAMES))
+            ours = None if renamed is None else "bert." + renamed
+        else:
+            ours = _rename(name, back(HEAD_RENAMES))
+        if ours is None:
+            raise CrammerError(f"modernbert: weight {name} has no crammer counterpart")
+        out[ours] = tensor
+    return out
+
+
+@torch.no_grad()
+def from_hf_modernbert(source: str | os.PathLike) -> CrammedBertForMaskedLM:
+    """A native `modernbert` folder (a `ModernBertForMaskedLM`, or a bare `ModernBertModel`) as a crammer MLM;
+    a bare encoder's head transform and decoder bias are left at their fresh initialisation (the decoder is tied
+    to the word embeddings). Outputs agree with transformers' ModernBERT to float rounding."""
+    try:
+        mb_config = ModernBertConfig.from_pretrained(source)
+        has_head = any("MaskedLM" in a for a in (mb_config.architectures or []))
+        hf = (ModernBertForMaskedLM if has_head else ModernBertModel).from_pretrained(
+            source, config=mb_config, use_safetensors=True, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CrammerError(f"{source}: cannot load a ModernBERT checkpoint: {reason}") from None
+    model = CrammedBertForMaskedLM(config_from_hf_modernbert(hf.config, str(source)))
+    theirs = hf.state_dict()
+    if has_head:
+        state = crammer_state(theirs, "model.")
+    else:
+        state = crammer_state({f"model.{k}": v for k, v in theirs.items()}, "model.")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    allowed = {"decoder.weight"} | {k for k in model.state_dict() if k.startswith(("head_transform.", "decoder."))}
+    if unexpected or set(missing) - (allowed if not has_head else {"decoder.weight"}):
+        raise CrammerError(f"{source}: ModernBERT weights do not fit crammer's model (missing "
+                           f"{sorted(set(missing))[:3]}, unexpected {sorted(unexpected)[:3]})")
+    return model.eval()

@@ -36,6 +36,9 @@ def _register_pretrain(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="crammed-bert", choices=sorted(PRESETS), help="recipe (crammed-bert)")
     p.add_argument("--micro-batch", type=int, metavar="N", help="sequences per forward (default: largest that fits)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR")
+    p.add_argument("--init-from", metavar="MODEL", help="a new run starting from MODEL's weights and architecture: "
+                   "a crammer folder (final/, a checkpoint), a Hugging Face BERT or modernbert folder, or a hub id; "
+                   "the corpus must be prepared with its tokenizer (cram data prepare --tokenizer MODEL)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_pretrain)
 
@@ -58,6 +61,9 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--preset", default="crammed-bert", choices=sorted(RUN_PRESETS),
                      help="crammed-bert: the paper's 24 h recipe on hub data; demo: a few CPU minutes, "
                      "offline; tiny: seconds, for tests (default: crammed-bert)")
+    run.add_argument("--init-from", metavar="MODEL", help="pretrain from MODEL's weights and architecture (a "
+                     "crammer, Hugging Face BERT or modernbert folder, or a hub id); the corpus is prepared with its "
+                     "tokenizer")
     run.add_argument("--glue-dir", help="local glue_data folder (default: the Hugging Face hub)")
     run.add_argument("--tasks", help="GLUE tasks, comma-separated, or 'all' (default: the preset's)")
     run.add_argument("--trials", type=int, help="fine-tuning trials (seeds) per GLUE task")
@@ -80,7 +86,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = make_pretrain_config(
         args.preset, overrides,
         budget_seconds=parse_duration(args.budget) if args.budget else None,
-        budget_tokens=args.budget_tokens,
+        budget_tokens=args.budget_tokens, init_from=args.init_from,
     )
     try:
         final = pretrain(cfg, args.data, args.out, resume=args.resume)
@@ -98,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     config = make_run_config(
         args.preset, args.out, sources=args.source, budget=args.budget, glue_dir=args.glue_dir,
         tasks=args.tasks, trials=args.trials, glue_protocol=args.glue_protocol, overrides=args.overrides,
+        init_from=args.init_from,
     )
     command = _command_line(args)
     try:
@@ -116,7 +123,8 @@ def _command_line(args: argparse.Namespace) -> list[str]:
     cmd += ["run", "--preset", args.preset, "--out", str(args.out)]
     for source in args.source:
         cmd += ["--source", source]
-    for flag, value in (("--budget", args.budget), ("--glue-dir", args.glue_dir), ("--tasks", args.tasks),
+    for flag, value in (("--budget", args.budget), ("--init-from", args.init_from), ("--glue-dir", args.glue_dir),
+                        ("--tasks", args.tasks),
                         ("--trials", args.trials), ("--glue-protocol", args.glue_protocol)):
         if value is not None:
             cmd += [flag, str(value)]

@@ -41,6 +41,7 @@ from crammer.runtime import resolve_device
 from crammer.train.checkpoint import latest_checkpoint
 from crammer.train.config import PRESETS as PRETRAIN_PRESETS
 from crammer.train.config import PretrainConfig
+from crammer.train.init_from import StartingModel
 from crammer.train.setup import check_micro_batch
 
 
@@ -68,9 +69,11 @@ def make_run_config(
     trials: int | None = None,
     overrides: Sequence[str] = (),
     glue_protocol: str | None = None,
+    init_from: str | None = None,
 ) -> RunConfig:
     """A run preset + command-line options + `data.X=`/`pretrain.X=`/`glue.X=` overrides (which win over the
-    options, except --budget)."""
+    options, except --budget). `init_from` (or `pretrain.init_from=`) starts pretraining from that model; the corpus
+    is then prepared with its tokenizer unless `data.tokenizer` names one (which must be the same)."""
     names = pick_preset(RUN_PRESETS, preset, "run preset")
     data = pick_preset(DATA_PRESETS, names.data, "data preset")
     data = dataclasses.replace(data, out=str(RunLayout(out).data), sources=tuple(sources) or data.sources)
@@ -79,10 +82,15 @@ def make_run_config(
     glue_options += [f"trials={trials}"] if trials is not None else []
     glue = make_glue_config(glue_protocol or names.glue_protocol, [*names.glue_overrides, *glue_options])
     pretrain_preset = pick_preset(PRETRAIN_PRESETS, names.pretrain, "pretrain preset")
+    if init_from is not None:
+        pretrain_preset = dataclasses.replace(pretrain_preset, init_from=init_from)
     config = apply_overrides(RunConfig(preset, data, pretrain_preset, glue), overrides)
     budget_s = parse_duration(budget or names.budget)
     pretrain = dataclasses.replace(config.pretrain, budget_seconds=budget_s, budget_tokens=None).validate()
-    return check_run_config(dataclasses.replace(config, pretrain=pretrain), out)
+    data = config.data
+    if pretrain.init_from and data.tokenizer is None:  # the starting model's token ids
+        data = dataclasses.replace(data, tokenizer=pretrain.init_from)
+    return check_run_config(dataclasses.replace(config, data=data, pretrain=pretrain), out)
 
 
 def check_run_config(config: RunConfig, out: Path) -> RunConfig:
@@ -93,9 +101,14 @@ def check_run_config(config: RunConfig, out: Path) -> RunConfig:
     micro-batch on a machine that cannot auto-size one (unless `out` already holds the final model), and the
     GLUE device.
     """
-    model = make_config(config.pretrain.model, config.data.vocab_size, config.pretrain.model_settings)
-    model_name = f"the {config.pretrain.model!r} model preset"
     seq_len = config.data.seq_len
+    if config.pretrain.init_from:  # its architecture; positions it cannot stretch to data.seq_len are refused here
+        start = StartingModel.resolve(config.pretrain.init_from)
+        model = start.model_config(config.pretrain.model_settings, seq_len, "data.seq_len")
+        model_name = f"--init-from {start.source}"
+    else:
+        model = make_config(config.pretrain.model, config.data.vocab_size, config.pretrain.model_settings)
+        model_name = f"the {config.pretrain.model!r} model preset"
     check_positions(seq_len, model, "data.seq_len", model_name,
                     f"lower data.seq_len or set pretrain.model.max_position_embeddings={seq_len}")
     if not (RunLayout(out).final / SUMMARY_FILE).is_file():  # GLUE and the report may run on a CPU

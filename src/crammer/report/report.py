@@ -151,6 +151,16 @@ def _training_section(doc: Document, layout: RunLayout, metrics: list[dict[str, 
          human(statistics.median(throughput) * flops_per_token, "FLOP/s") if throughput and flops_per_token else "n/a"],
         ["median MFU", f"{statistics.median(mfu):.1%}" if mfu else "n/a (no known accelerator peak, e.g. on CPU)"],
     ]
+    start = _starting_model(layout)
+    if start is not None:
+        kind = f" ({start['kind']})" if start.get("kind") else ""
+        fingerprint = f", weights sha256 `{start['fingerprint'][:16]}…`" if start.get("fingerprint") else ""
+        rows.insert(0, ["continued from (--init-from: a new run from its weights)",
+                        f"`{start['path']}`{kind}{fingerprint}"])
+    if validation and validation[0]["step"] == 0 and start is not None:
+        v0 = validation[0]
+        rows.append(["validation MLM loss / accuracy of the starting model (step 0)",
+                     f"{_fmt(v0['val_loss'])} / {100 * v0['val_accuracy']:.2f}%"])
     if validation:
         v = validation[-1]
         rows += [[f"validation MLM loss / accuracy (step {v['step']}, {v['val_sequences']} held-out sequences)",
@@ -174,6 +184,17 @@ def _training_section(doc: Document, layout: RunLayout, metrics: list[dict[str, 
     doc.add(Table(["quantity", "value"], rows))
     for png in plot_run(layout.pretrain, layout.plots):
         doc.add(Image(png, f"{png.stem.replace('_', ' ')} over elapsed budget time"))
+
+
+def _starting_model(layout: RunLayout) -> dict[str, Any] | None:
+    """The run's `--init-from` model: final/pretraining.json's record (path, kind, fingerprint) once finished,
+    else the path its config names; None for a run from scratch."""
+    summary = layout.final / SUMMARY_FILE
+    if summary.is_file():
+        return read_json(summary).get("init_from")
+    config = layout.pretrain / CONFIG_FILE
+    path = read_json(config).get("init_from") if config.is_file() else None
+    return {"path": path} if path else None
 
 
 def _glue_section(doc: Document, glue_dir: Path, state: RunState) -> None:
@@ -259,8 +280,9 @@ def _pretrain_report(run_dir: Path) -> tuple[Path, Path]:
     doc.add(Heading("Summary"), Bullets([
         f"pretraining: finished ({duration(summary['elapsed_s'])} of the budget)" if summary else
         "pretraining: not finished (still running or interrupted; `--resume` continues it)",
-        f"model preset `{config.get('model')}`" + (f" with {', '.join(config['model_overrides'])}"
-                                                   if config.get("model_overrides") else ""),
+        (f"model continued from `{config['init_from']}`" if config.get("init_from") else
+         f"model preset `{config.get('model')}`") + (f" with {', '.join(config['model_overrides'])}"
+                                                      if config.get("model_overrides") else ""),
         "budget: " + (duration(config["budget_seconds"]) if config.get("budget_seconds")
                       else f"{config.get('budget_tokens'):,} tokens"),
     ]))

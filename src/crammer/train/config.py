@@ -127,6 +127,9 @@ class LoggingConfig:
 class PretrainConfig:
     model: str = "crammed-bert"  # model preset of crammer.model.make_config
     model_overrides: tuple[str, ...] = ()  # `key=value` strings for make_config (from `model.X=...`)
+    # Start from this model's weights and architecture (a folder or hub id; see crammer.train.init_from), not
+    # from scratch: `model` is then unused and `model_overrides` may change only dropout-like settings.
+    init_from: str | None = None
     budget_seconds: float | None = 24 * 3600.0  # wall-clock budget (compile and start-up count)
     budget_tokens: int | None = None  # token-count budget instead: reproducible runs
     seed: int = 0
@@ -164,6 +167,8 @@ class PretrainConfig:
 
         pick_preset(MODEL_PRESETS, self.model, "model preset")
         self.model_settings  # noqa: B018 -- parsed here, so that a typo fails before any work
+        if self.init_from is not None and not self.init_from.strip():
+            raise CrammerError("pretrain config init_from: empty; name a model folder or hub id")
         if (self.budget_seconds is None) == (self.budget_tokens is None):
             raise CrammerError("set exactly one budget: budget_seconds (--budget) or budget_tokens (--budget-tokens)")
         checks = [
@@ -249,12 +254,16 @@ def make_pretrain_config(
     overrides: Sequence[str] = (),
     budget_seconds: float | None = None,
     budget_tokens: int | None = None,
+    init_from: str | None = None,
 ) -> PretrainConfig:
     """A preset with `key=value` overrides (`model.X=...` keys for the model's make_config).
 
-    A budget given here replaces the preset's (the preset default is 24 h of wall clock).
+    A budget given here replaces the preset's (the preset default is 24 h of wall clock); `init_from` (a model
+    folder or hub id) starts the run from that model's weights.
     """
     cfg = apply_overrides(pick_preset(PRESETS, preset, "pretrain preset"), overrides)
+    if init_from is not None:
+        cfg = dataclasses.replace(cfg, init_from=init_from)
     if budget_tokens is not None:
         cfg = dataclasses.replace(cfg, budget_tokens=int(budget_tokens), budget_seconds=None)
     elif budget_seconds is not None:

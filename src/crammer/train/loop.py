@@ -71,6 +71,7 @@ class Pretrainer:
         self.train_step, self.validator, self.logger = parts.train_step, parts.validator, parts.logger
         self.pacing, self.clock, self.masking = parts.pacing, parts.pacing.clock, parts.masking
         self.stream = parts.stream
+        self.init_from, self.fresh_start = parts.init_from, parts.fresh_start  # the starting model (`--init-from`)
         self.corpus_record = corpus_record(self.corpus)  # what each checkpoint remembers of the corpus
         self.model_card = model_card
         self.guard = NonFiniteGuard(self.cfg.guard, self.state)
@@ -86,6 +87,8 @@ class Pretrainer:
         self.pacing.start()
         in_flight: LaunchedStep | None = None
         try:
+            if self.init_from is not None and self.fresh_start and self.validator is not None:
+                self.evaluate()  # step 0: the starting model's own loss, so the curve shows what training gained
             while not self._ending():
                 launched = self._launch()  # step N runs on the device ...
                 if in_flight is not None:
@@ -225,7 +228,7 @@ class Pretrainer:
         if self.dist.is_main:
             state = {**self.state.state_dict(), "elapsed": self.clock.elapsed(), "micro_batch": self.micro_batch,
                      "world_size": self.dist.world_size, "config_hash": config_hash(self.cfg),
-                     "corpus": self.corpus_record, "corpora": self.corpora}
+                     "corpus": self.corpus_record, "corpora": self.corpora, "init_from": self.init_from}
             path = save_checkpoint(self.run_dir, self.state.step, self.model, self.optimizer,
                                    self.train_step.state_dict(), state, self.cfg.checkpoint.keep,
                                    model_files=self._save_model_files)
@@ -256,6 +259,7 @@ class Pretrainer:
                     "parameters": count_parameters(self.model), "micro_batch": self.micro_batch,
                     "world_size": self.dist.world_size, "precision": self.precision,
                     "data": str(self.corpus.path), "corpora": self.corpora, "config": to_dict(self.cfg),
+                    "init_from": self.init_from,
                     "validation": None if validation is None else dataclasses.asdict(validation),
                     "eval_seconds": self.state.eval_seconds, "eval_share": self.state.eval_seconds / max(elapsed, 1e-9),
                     "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU",

@@ -24,6 +24,7 @@ from crammer.runtime import configure_backends, resolve_precision, should_compil
 from crammer.train.checkpoint import load_latest, set_rng_state
 from crammer.train.config import PretrainConfig
 from crammer.train.distributed import Distributed
+from crammer.train.init_from import StartingModel, describe_fresh
 from crammer.train.loader import BatchStream
 from crammer.train.logger import StepLogger
 from crammer.train.masking import MaskingSchedule, MLMCollator
@@ -36,11 +37,16 @@ from crammer.train.validation import VALIDATION_MASKING, Validator, tokens_per_c
 from crammer.units import human
 
 
-def model_config_for(cfg: PretrainConfig, vocab_size: int, seq_len: int, setting: str) -> CrammedBertConfig:
+def model_config_for(cfg: PretrainConfig, vocab_size: int, seq_len: int, setting: str,
+                     start: StartingModel | None = None) -> CrammedBertConfig:
     """The config's model for a vocabulary, checked against the vocabulary and the sequence length it will see
     (`setting` names where that length comes from) before anything is built: too long a sequence or an id past
-    the embedding would otherwise fail in the first forward pass, after minutes of compiling on a GPU."""
-    config = make_config(cfg.model, vocab_size, cfg.model_settings)
+    the embedding would otherwise fail in the first forward pass, after minutes of compiling on a GPU. With
+    `cfg.init_from` the architecture is the starting model's (`start`, resolved here when not given)."""
+    if cfg.init_from:
+        config = (start or StartingModel.resolve(cfg.init_from)).model_config(cfg.model_settings, seq_len, setting)
+    else:
+        config = make_config(cfg.model, vocab_size, cfg.model_settings)
     if config.vocab_size < vocab_size:  # ids the embedding has no row for would fail deep in the first step
         raise CrammerError(f"model.vocab_size={config.vocab_size} is smaller than the data's vocabulary of "
                            f"{vocab_size} tokens; leave model.vocab_size unset")
@@ -127,6 +133,8 @@ class RunParts:
     pacing: Pacing
     masking: MaskingSchedule
     stream: BatchStream
+    init_from: dict[str, Any] | None  # the starting model's record (`--init-from`), else None
+    fresh_start: bool  # no checkpoint was restored: the run starts at step 0
 
 
 def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: bool, clock: BudgetClock
@@ -134,11 +142,16 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
     """A run, set up in the order that matters: the model config is checked against the corpus before the
     folder is claimed; the micro-batch is sized in eager mode before compiling, and compiled before the DDP
     wrapper; a checkpoint restores weights, optimizer, counters, clock and random state; the data stream,
-    whose prefetch thread nothing after it may leave running, starts last."""
+    whose prefetch thread nothing after it may leave running, starts last. With `cfg.init_from` the corpus's
+    tokenizer is checked against the starting model's before the folder is claimed, and a fresh start loads its
+    weights into the model the optimizer was built over."""
     cfg = cfg.validate()
     dist = Distributed.from_env()
     corpus = PackedCorpus(data_dir)
-    model_config = model_config_for(cfg, corpus.vocab_size, corpus.seq_len, f"{corpus.path}: corpus seq_len")
+    start = StartingModel.resolve(cfg.init_from) if cfg.init_from else None
+    if start is not None:
+        start.check_tokenizer(corpus.path)
+    model_config = model_config_for(cfg, corpus.vocab_size, corpus.seq_len, f"{corpus.path}: corpus seq_len", start)
     resume = claim_run_dir(run_dir, cfg, resume, dist.is_main)
 
     training = build_training(cfg, model_config, corpus.special_tokens, dist.device)
@@ -151,7 +164,9 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
         clock.spent_before = saved["elapsed"]
         micro_batch = rescaled_micro_batch(checkpoint, saved, dist.world_size)
         set_rng_state(step_state.pop("rng"))
+        init_record = saved.get("init_from") or (start.record() if start is not None else None)
     else:
+        init_record = None if start is None else _start_from(start, training.model, model_config, dist.is_main)
         corpora = [{"from_step": 0, **corpus_record(corpus)}]
         target = max(1, cfg.batch.target // dist.world_size)
         micro_batch = dist.min_over_ranks(training.micro_batch(corpus.seq_len, target))
@@ -160,7 +175,8 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
                   f"divides the {cfg.batch.target}-sequence batch evenly)", file=sys.stderr)
     if dist.is_main:  # `--preset tiny model=original` is 111 M parameters: say what is being trained
         overrides = f" with {' '.join(cfg.model_overrides)}" if cfg.model_overrides else ""
-        print(f"cram: model {cfg.model!r}{overrides}: {model_config.num_hidden_layers} layers x "
+        name = f"from {start.source} ({start.kind})" if start is not None else repr(cfg.model)
+        print(f"cram: model {name}{overrides}: {model_config.num_hidden_layers} layers x "
               f"{model_config.hidden_size} hidden x {model_config.num_attention_heads} heads, "
               f"{human(count_parameters(training.model))} parameters", file=sys.stderr)
     training.compile()
@@ -187,7 +203,22 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
         logger.close()
         raise
     return RunParts(cfg, run_dir, dist, corpus, corpora, training, state, micro_batch, train_step,
-                    corpus.tokenizer(), validator, logger, pacing, masking, stream)
+                    corpus.tokenizer(), validator, logger, pacing, masking, stream, init_record, loaded is None)
+
+
+def _start_from(start: StartingModel, model: CrammedBertForMaskedLM, config: CrammedBertConfig, is_main: bool
+                ) -> dict[str, Any]:
+    """Load the starting model's weights (a fresh start only: on --resume the checkpoint's win); its record."""
+    fresh = start.load_into(model)
+    if is_main:
+        if config.max_position_embeddings > start.config.max_position_embeddings:
+            print(f"cram: positions extended from {start.config.max_position_embeddings} to "
+                  f"{config.max_position_embeddings} tokens ({config.position_embedding.replace('_', ' ')} positions "
+                  "extend; config.json records the new maximum)", file=sys.stderr)
+        line = describe_fresh(start.source, fresh)
+        if line:
+            print(line, file=sys.stderr)
+    return start.record()
 
 
 def _validator(cfg: PretrainConfig, corpus: PackedCorpus, micro_batch: int, dist: Distributed,
