@@ -191,3 +191,16 @@ def test_exported_native_folder_finetunes_with_cram_glue(modernbert_final, glue_
                  "--max-train-examples", "16", "--max-eval-examples", "16", "--out", str(results), "epochs=1",
                  "max_length=64"]) == 0
     assert json.loads((results / "results.json").read_text())
+
+
+def test_the_native_check_is_relative_to_the_size_of_trained_logits():
+    """A trained model's logits reach tens, where float32 resolves ~2e-6: 1e-5 absolute would refuse a correct
+    export (a continued MiniLM measured 1.25e-5), 1e-5 of the scale does not; small outputs stay absolute."""
+    from crammer.export.verify import max_difference
+
+    mask = torch.ones(1, 3)
+    logits = torch.tensor([[[20.0, -3.0], [1.0, 2.0], [0.5, 0.1]]])
+    assert max_difference(logits, logits + 1.25e-5, mask) > 1e-5
+    assert max_difference(logits, logits + 1.25e-5, mask, relative=True) == pytest.approx(1.25e-5 / 20, rel=0.2)
+    small = torch.full((1, 3, 2), 0.5)
+    assert max_difference(small, small + 2e-5, mask, relative=True) == pytest.approx(2e-5, rel=1e-2)
