@@ -90,3 +90,11 @@ def test_wsd_can_decay_as_one_minus_sqrt():
     assert sqrt(0.99) < linear(0.99) and sqrt(1.0) == linear(1.0) == 0.0
     with pytest.raises(CrammerError, match="schedule.decay_shape"):
         make_pretrain_config("tiny", ["schedule.decay_shape=cosine"], budget_tokens=1000)
+
+
+def test_wsd_decay_starts_cleanly_where_rounding_puts_progress_at_its_edge():
+    """1 - 0.7 is 0.30000000000000004 in floats: the decay's own progress must not go below 0 (a math domain
+    error in the 1-sqrt shape, met by a real run)."""
+    sqrt = lr_multiplier(ScheduleConfig(lr="wsd", peak=0.1, decay=0.3, decay_shape="sqrt"))
+    for p in (0.7, 0.7 + 1e-12, 0.69999999999):
+        assert sqrt(p) == pytest.approx(1.0)

@@ -50,7 +50,7 @@ def warmup_stable_decay(progress: float, peak: float, decay: float, shape: str =
         return p / peak
     if p < 1.0 - decay:
         return 1.0
-    left = (1.0 - p) / decay  # 1 - t: exactly 0 at the deadline
+    left = min((1.0 - p) / decay, 1.0)  # 1 - t: exactly 0 at the deadline, never past 1 by rounding
     return 1.0 - math.sqrt(1.0 - left) if shape == "sqrt" else left
 
 
