@@ -97,4 +97,4 @@ def test_wsd_decay_starts_cleanly_where_rounding_puts_progress_at_its_edge():
     error in the 1-sqrt shape, met by a real run)."""
     sqrt = lr_multiplier(ScheduleConfig(lr="wsd", peak=0.1, decay=0.3, decay_shape="sqrt"))
     for p in (0.7, 0.7 + 1e-12, 0.69999999999):
-        assert sqrt(p) == pytest.approx(1.0)
+        assert sqrt(p) == pytest.approx(1.0, abs=1e-5)  # sqrt is steep at 0: 1e-12 into the decay is 2e-6
