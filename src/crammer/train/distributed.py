@@ -87,7 +87,8 @@ class Distributed:
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
         """A start-up step every rank runs: a CrammerError on any rank is raised on every rank, with the first
-        failing rank's message (naming its host when there are several ranks)."""
+        failing rank's message (naming its host when there are several ranks). The step itself must not use
+        collectives (a rank that failed half-way would leave the others waiting in one)."""
         problem = None
         try:
             yield
@@ -108,8 +109,10 @@ class Distributed:
             dist.barrier()
 
     def close(self) -> None:
+        """Destroy the process group if this object made it (once; the ranks and device stay known)."""
         if self.initialized_here:
             dist.destroy_process_group()
+            self.initialized_here = False
 
 
 def _group_store(rank: int, world_size: int) -> dist.Store:
@@ -157,8 +160,12 @@ def ranks_sharing(folder: Path, job: Distributed, create: bool = False) -> list[
     if job.world_size == 1:
         return [0]
     token = secrets.token_hex(16) if job.is_main else None
-    if job.is_main or create:
-        folder.mkdir(parents=True, exist_ok=True)
+    with job.together():
+        if job.is_main or create:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CrammerError(f"cannot create {folder} ({e.strerror or e})") from None
     token = job.gather(token)[0]  # rank 0's folder exists from here on
     mine = _marker(folder, token, job.rank)
     if folder.is_dir():
@@ -177,8 +184,9 @@ def ranks_sharing(folder: Path, job: Distributed, create: bool = False) -> list[
 def check_shared_folder(folder: Path, job: Distributed) -> None:
     """Every rank must see the run folder global rank 0 writes checkpoints, metrics and final/ to; a rank that
     does not stops every rank, naming its host, before any training."""
+    seen = ranks_sharing(folder, job)
     with job.together():
-        if 0 not in ranks_sharing(folder, job):
+        if 0 not in seen:
             raise CrammerError(f"does not see the run folder {folder} as rank 0 does; put RUN_DIR on storage all "
                                "nodes share, e.g. NFS/Lustre")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from crammer.config import changed_keys, config_defaults, config_hash, to_dict, with_defaults
 from crammer.data import PackedCorpus
@@ -14,6 +14,9 @@ from crammer.io import atomic_write_json, read_json
 from crammer.runfiles import CONFIG_FILE, FINAL_DIR
 from crammer.train.checkpoint import file_digest, latest_checkpoint, list_checkpoints
 from crammer.train.config import PretrainConfig
+
+# False: a new run; True: continue from the newest checkpoint (there must be one); "auto": continue if there is one
+Resume = bool | Literal["auto"]
 
 # Sections that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"checkpoint", "logging", "data", "eval"}
@@ -32,7 +35,7 @@ def check_same_recipe(run_dir: Path, cfg: PretrainConfig) -> None:
                            "use the original settings or a new --out")
 
 
-def claim_run_dir(run_dir: Path, cfg: PretrainConfig, resume: bool, is_main: bool) -> bool:
+def claim_run_dir(run_dir: Path, cfg: PretrainConfig, resume: Resume, is_main: bool) -> bool:
     """Write the run's config; whether there are checkpoints to resume from."""
     checkpoints = list_checkpoints(run_dir)
     if not resume:
@@ -40,11 +43,14 @@ def claim_run_dir(run_dir: Path, cfg: PretrainConfig, resume: bool, is_main: boo
             raise CrammerError(f"{run_dir} already holds a run; pass --resume or choose another --out")
     else:
         check_same_recipe(run_dir, cfg)
+        if not checkpoints and resume != "auto":
+            raise CrammerError(f"{run_dir}: no checkpoint to resume from; --resume auto starts the run when there is "
+                               "none (and continues it when there is one)")
     if is_main:
         atomic_write_json(run_dir / CONFIG_FILE, {**to_dict(cfg), "config_hash": config_hash(cfg)})
     if resume and not checkpoints and is_main:
         print(f"cram: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
-    return resume and bool(checkpoints)
+    return bool(resume) and bool(checkpoints)
 
 
 def corpus_record(corpus: PackedCorpus) -> dict[str, Any]:
