@@ -126,7 +126,9 @@ def _run(args: argparse.Namespace) -> int:
 def _command_line(args: argparse.Namespace) -> list[str]:
     """The invocation in canonical form, for the report's reproducibility section."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cmd = ["torchrun", f"--nproc_per_node={world_size}", "-m", "crammer"] if world_size > 1 else ["cram"]
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    nodes = [f"--nnodes={world_size // per_node}"] if world_size > per_node else []
+    cmd = ["torchrun", *nodes, f"--nproc-per-node={per_node}", "-m", "crammer"] if world_size > 1 else ["cram"]
     cmd += ["run", "--preset", args.preset, "--out", str(args.out)]
     for source in args.source:
         cmd += ["--source", source]

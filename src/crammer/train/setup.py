@@ -146,16 +146,17 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
         resume = claim_run_dir(run_dir, cfg, resume, dist.is_main)
 
     training = build_training(cfg, model_config, corpus.special_tokens, dist.device)
+    state, step_state = TrainState(), {}
+    loaded = load_latest(run_dir, training.model, training.optimizer, dist.device) if resume else None
+    if loaded:  # a checkpoint this corpus cannot continue is refused before anything is said about the run
+        corpora = corpora_after_resume(corpus, loaded[0], loaded[1], dist.is_main)
     if dist.is_main:  # `--preset tiny model=original` is 111 M parameters: say what is being trained
         overrides = f" with {' '.join(cfg.model_overrides)}" if cfg.model_overrides else ""
         print(f"cram: model {cfg.model!r}{overrides}: {model_config.num_hidden_layers} layers x "
               f"{model_config.hidden_size} hidden x {model_config.num_attention_heads} heads, "
               f"{human(count_parameters(training.model))} parameters", file=sys.stderr)
-    state, step_state = TrainState(), {}
-    loaded = load_latest(run_dir, training.model, training.optimizer, dist.device) if resume else None
     if loaded:
         checkpoint, saved, step_state = loaded
-        corpora = corpora_after_resume(corpus, checkpoint, saved, dist.is_main)
         state.load_state_dict(saved)
         clock.spent_before = saved["elapsed"]
         micro_batch = rescaled_micro_batch(checkpoint, saved, dist.world_size)
