@@ -219,9 +219,10 @@ def test_the_ranks_that_see_one_folder_find_each_other(tmp_path):
     """Ranks 0 and 2 name one folder, rank 1 another: each group finds its members, so the lowest rank of each
     prepares a node-local corpus for the others (`cram run`)."""
     shared, local = tmp_path / "shared" / "data", tmp_path / "local" / "data"
-    results = mp.Manager().dict()
-    mp.spawn(_sharing_worker, args=(free_port(), [str(shared), str(local), str(shared)], results), nprocs=3)
-    assert dict(results) == {0: [0, 2], 1: [1], 2: [0, 2]}
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_sharing_worker, args=(free_port(), [str(shared), str(local), str(shared)], results), nprocs=3)
+        assert dict(results) == {0: [0, 2], 1: [1], 2: [0, 2]}
     assert list(shared.iterdir()) == [] and list(local.iterdir()) == []  # the markers are gone
 
 
