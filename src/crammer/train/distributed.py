@@ -32,7 +32,6 @@ class Distributed:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     initialized_here: bool = False  # this process group is ours to destroy
-    local_rank: int = 0
 
     @classmethod
     def from_env(cls) -> "Distributed":
@@ -52,7 +51,7 @@ class Distributed:
             store = _group_store(rank, world_size) if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
             dist.init_process_group(backend="nccl" if cuda else "gloo", store=store, rank=rank,
                                     world_size=world_size, device_id=device if cuda else None)
-        return cls(dist.get_rank(), dist.get_world_size(), device, here, local_rank)
+        return cls(dist.get_rank(), dist.get_world_size(), device, here)
 
     @property
     def is_main(self) -> bool:
