@@ -23,7 +23,9 @@ def _register_pretrain(subparsers: argparse._SubParsersAction) -> None:
         help="pretrain a masked LM within a wall-clock (or token) budget",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Pretrain a crammed BERT on a prepared corpus; RUN_DIR/final is a Hugging Face folder.\n"
-        "Multi-GPU: torchrun --nproc_per_node=N -m crammer pretrain ...",
+        "Multi-GPU: torchrun --nproc-per-node=G -m crammer pretrain ...; several machines: torchrun --nnodes=N "
+        "--nproc-per-node=G --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT --max-restarts=K -m crammer pretrain "
+        "... --resume auto (RUN_DIR on storage all nodes share).",
         epilog="Overrides: key=value on any PretrainConfig field, e.g. optim.lr=5e-4 schedule.lr=wsd "
         "batch.target=4096 data.order=shuffled checkpoint.every_seconds=600; model.X=... sets a model "
         "config field, e.g. model.num_hidden_layers=8.",
@@ -35,12 +37,24 @@ def _register_pretrain(subparsers: argparse._SubParsersAction) -> None:
     budget.add_argument("--budget-tokens", type=int, metavar="N", help="token budget instead (reproducible runs)")
     p.add_argument("--preset", default="crammed-bert", choices=sorted(PRESETS), help="recipe (crammed-bert)")
     p.add_argument("--micro-batch", type=int, metavar="N", help="sequences per forward (default: largest that fits)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR")
+    p.add_argument("--resume", nargs="?", action=_ResumeAction, default=False, metavar="auto",
+                   help="continue from the newest checkpoint in RUN_DIR, or start where there is none yet "
+                   "(`--resume auto`: the same, spelt for `torchrun --max-restarts`)")
     p.add_argument("--init-from", metavar="MODEL", help="a new run starting from MODEL's weights and architecture: "
                    "a crammer folder (final/, a checkpoint), a Hugging Face BERT or modernbert folder, or a hub id; "
                    "the corpus must be prepared with its tokenizer (cram data prepare --tokenizer MODEL)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.set_defaults(func=_pretrain)
+    p.set_defaults(func=_pretrain, overrides_before=[])
+
+
+class _ResumeAction(argparse.Action):
+    """`--resume` (True) or `--resume auto`. Any other word after `--resume` is the first config override
+    (`--resume optim.lr=1e-3`), which argparse took for the flag's value: it goes back to the overrides."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value not in (None, "auto"):
+            namespace.overrides_before = [*namespace.overrides_before, value]
+        setattr(namespace, self.dest, "auto" if value == "auto" else True)
 
 
 def _register_run(sub: argparse._SubParsersAction) -> None:
@@ -80,7 +94,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from crammer.train.config import make_pretrain_config
     from crammer.train.loop import TrainingInterrupted
 
-    overrides = list(args.overrides)
+    overrides = [*args.overrides_before, *args.overrides]
     if args.micro_batch is not None:
         overrides.append(f"batch.micro_batch={args.micro_batch}")
     cfg = make_pretrain_config(
@@ -119,7 +133,9 @@ def _run(args: argparse.Namespace) -> int:
 def _command_line(args: argparse.Namespace) -> list[str]:
     """The invocation in canonical form, for the report's reproducibility section."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cmd = ["torchrun", f"--nproc_per_node={world_size}", "-m", "crammer"] if world_size > 1 else ["cram"]
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    nodes = [f"--nnodes={world_size // per_node}"] if world_size > per_node else []
+    cmd = ["torchrun", *nodes, f"--nproc-per-node={per_node}", "-m", "crammer"] if world_size > 1 else ["cram"]
     cmd += ["run", "--preset", args.preset, "--out", str(args.out)]
     for source in args.source:
         cmd += ["--source", source]

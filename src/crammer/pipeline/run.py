@@ -9,9 +9,7 @@ data preparation and GLUE fine-tuning are extra and timed separately in the repo
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from crammer.eval.finetune import check_max_length
 from crammer.eval.glue import evaluate_glue, trial_path
 from crammer.eval.tasks import load_task, missing_files
 from crammer.hub.card import write_run_card
-from crammer.io import exclusive_folder, read_json
+from crammer.io import read_json
 from crammer.model import make_config
 from crammer.model.presets import check_positions
 from crammer.pipeline.presets import RUN_PRESETS
@@ -41,6 +39,7 @@ from crammer.runtime import resolve_device
 from crammer.train.checkpoint import latest_checkpoint
 from crammer.train.config import PRESETS as PRETRAIN_PRESETS
 from crammer.train.config import PretrainConfig
+from crammer.train.distributed import Distributed, ranks_sharing, shared_run_folder
 from crammer.train.init_from import StartingModel
 from crammer.train.setup import check_micro_batch
 
@@ -121,15 +120,18 @@ def check_run_config(config: RunConfig, out: Path) -> RunConfig:
 def run(config: RunConfig, out: Path, command: Sequence[str]) -> Path:
     """Run (or continue) every unfinished stage in `out`; returns the path of report.md.
 
-    Under `torchrun` every rank runs this: rank 0 prepares the corpus while the others wait for it,
-    all ranks pretrain together (DDP), and rank 0 alone fine-tunes on GLUE and writes the report.
+    Under `torchrun` every rank runs this, on one machine or several: the run folder must be one folder all see
+    (global rank 0 holds it and writes it); the lowest rank that sees the corpus folder prepares it while the
+    others that see it wait (so a node-local `data.out` is prepared once per node), all ranks pretrain together
+    (DDP), and rank 0 alone fine-tunes on GLUE and writes the report.
     """
     layout = RunLayout(Path(out))
-    rank = int(os.environ.get("RANK", "0"))
-    # One invocation at a time per folder; under torchrun rank 0 holds it for all (the others only read
-    # until pretraining, whose checkpoints rank 0 alone writes).
-    with exclusive_folder(layout.root, "run folder") if rank == 0 else contextlib.nullcontext():
-        return _run_stages(config, layout, rank, command)
+    job = Distributed.from_env()
+    try:
+        with shared_run_folder(layout.root, job):
+            return _run_stages(config, layout, job, command)
+    finally:
+        job.close()
 
 
 def recorded_config(config: RunConfig, run_dir: Path) -> dict:
@@ -140,18 +142,22 @@ def recorded_config(config: RunConfig, run_dir: Path) -> dict:
     return recorded
 
 
-def _run_stages(config: RunConfig, layout: RunLayout, rank: int, command: Sequence[str]) -> Path:
+def _run_stages(config: RunConfig, layout: RunLayout, job: Distributed, command: Sequence[str]) -> Path:
     state = RunState.load(layout.root)
-    if rank == 0:
+    if job.is_main:
         layout.root.mkdir(parents=True, exist_ok=True)
         # Until a stage has finished, nothing in the folder depends on the config: a corrected command
         # (a typo fixed after a failed start) may take the folder over.
         write_run_record(layout.root, recorded_config(config, layout.root), list(command), replace=not state.stages,
                          defaults=config_defaults(RunConfig))
 
-    data_dir = _data_stage(config, layout, state) if rank == 0 else _wait_for_data(config)
-    final = _pretrain_stage(config, data_dir, layout, state, write_state=rank == 0)
-    if rank != 0:
+    # the lowest rank that sees the corpus's folder prepares it for the ranks that see it too
+    sharing = ranks_sharing(Path(config.data.out).expanduser().parent, job, create=True)
+    prepares = job.rank == min(sharing, default=job.rank)
+    data_dir = _data_stage(config, layout, state, write_state=job.is_main) if prepares else _wait_for_data(config)
+    final = _pretrain_stage(config, data_dir, layout, state, write_state=job.is_main)
+    job.close()  # GLUE and the report are rank 0's alone
+    if not job.is_main:
         return layout.report_md
     _glue_stage(config, final, layout, state)
 
@@ -162,18 +168,19 @@ def _run_stages(config: RunConfig, layout: RunLayout, rank: int, command: Sequen
     return md
 
 
-def _data_stage(config: RunConfig, layout: RunLayout, state: RunState) -> Path:
+def _data_stage(config: RunConfig, layout: RunLayout, state: RunState, write_state: bool) -> Path:
     """Always asks `prepare`, which returns at once when the recipe and input files are unchanged."""
     print(f"[data] {', '.join(config.data.sources)} -> {layout.data}")
     started = time.monotonic()
     data_dir = Path(prepare(config.data))
-    if not state.done("data"):
+    if write_state and not state.done("data"):
         state.finish("data", time.monotonic() - started, data_dir=relative_to_run(data_dir, layout.root))
     return data_dir
 
 
 def _wait_for_data(config: RunConfig, poll_s: float = 2.0) -> Path:
-    """Ranks > 0 wait for rank 0's corpus (its folder appears atomically; torchrun ends us if rank 0 fails).
+    """The ranks that do not prepare the corpus wait for it (its folder appears atomically; torchrun ends us if the
+    rank preparing it fails).
 
     The test is prepare's own cache test, input files included: an older corpus of the same recipe that rank
     0 is rebuilding because a source changed is not taken.

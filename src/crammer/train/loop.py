@@ -15,9 +15,7 @@ takes the same lr, batch size and stopping step. What the loop runs is built by 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -29,14 +27,15 @@ import torch
 
 from crammer.config import config_hash, to_dict
 from crammer.errors import CrammerError
-from crammer.io import atomic_dir, atomic_write_json, exclusive_folder
+from crammer.io import atomic_dir, atomic_write_json
 from crammer.model import count_parameters
 from crammer.progress import no_transformers_bars
 from crammer.runfiles import FINAL_DIR, SUMMARY_FILE
 from crammer.train.checkpoint import checkpoint_path, load_latest, save_checkpoint
 from crammer.train.config import PretrainConfig
 from crammer.train.guard import NonFiniteGuard
-from crammer.train.resume import check_same_recipe, corpus_record
+from crammer.train.distributed import Distributed, shared_run_folder
+from crammer.train.resume import Resume, check_same_recipe, corpus_record
 from crammer.train.schedules import accumulation_steps, lr_multiplier
 from crammer.train.setup import build_run
 from crammer.train.state import BudgetClock, LaunchedStep
@@ -61,7 +60,7 @@ class Pretrainer:
     card (the caller's: training does not know how cards are written).
     """
 
-    def __init__(self, cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
+    def __init__(self, cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path, resume: Resume = False,
                  now: Callable[[], float] = time.monotonic, model_card: ModelCardWriter | None = None):
         parts = build_run(cfg, data_dir, Path(out_dir), resume, BudgetClock(now))  # start-up counts too
         self.cfg, self.run_dir, self.dist, self.corpus = parts.cfg, parts.run_dir, parts.dist, parts.corpus
@@ -273,20 +272,27 @@ class Pretrainer:
         return final
 
 
-def pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
+def pretrain(cfg: PretrainConfig, data_dir: str | Path, out_dir: str | Path, resume: Resume = False,
              model_card: ModelCardWriter | None = None) -> Path:
     """Pretrain within the budget; return RUN_DIR/final. Raises TrainingInterrupted on SIGTERM/SIGINT.
 
-    Resuming a finished run returns its final/ untouched: training again would overwrite it. `model_card`
-    writes final/README.md (`crammer.pipeline.pretrain` passes the Hugging Face card of `crammer.hub`).
+    `resume`: False starts a new run (a folder holding one is refused); True or "auto" continue from the newest
+    checkpoint if there is one and start otherwise, so the same command starts a run and continues it after
+    `torchrun --max-restarts` restarts a group that lost a worker. Resuming a finished run
+    returns its final/ untouched: training again would overwrite it. `model_card` writes final/README.md
+    (`crammer.pipeline.pretrain` passes the Hugging Face card of `crammer.hub`).
     """
     final = Path(out_dir) / FINAL_DIR
-    main_rank = os.environ.get("RANK", "0") == "0"
-    # One writer per run folder: a second `cram pretrain` on it stops at once (under DDP rank 0 holds it).
-    with exclusive_folder(out_dir, "run folder") if main_rank else contextlib.nullcontext():
-        if resume and (final / SUMMARY_FILE).is_file():
-            check_same_recipe(Path(out_dir), cfg.validate())
-            if main_rank:
-                print(f"cram: {out_dir} already finished; the final model is in {final}", file=sys.stderr)
-            return final
-        return Pretrainer(cfg, data_dir, out_dir, resume, model_card=model_card).run()
+    job = Distributed.from_env()
+    try:
+        # One writer per run folder, which every rank must see: a second `cram pretrain` on it stops at once.
+        with shared_run_folder(out_dir, job):
+            if resume and (final / SUMMARY_FILE).is_file():
+                with job.together():
+                    check_same_recipe(Path(out_dir), cfg.validate())
+                if job.is_main:
+                    print(f"cram: {out_dir} already finished; the final model is in {final}", file=sys.stderr)
+                return final
+            return Pretrainer(cfg, data_dir, out_dir, resume, model_card=model_card).run()
+    finally:
+        job.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from crammer.config import changed_keys, config_defaults, config_hash, to_dict, with_defaults
 from crammer.data import PackedCorpus
@@ -14,6 +14,10 @@ from crammer.io import atomic_write_json, read_json
 from crammer.runfiles import CONFIG_FILE, FINAL_DIR
 from crammer.train.checkpoint import file_digest, latest_checkpoint, list_checkpoints
 from crammer.train.config import PretrainConfig
+
+# False: a new run; True or "auto": continue from the newest checkpoint, or start (with a note) where there is none
+# yet. "auto" is the spelling for a job that torchrun may restart; plain --resume has always meant the same.
+Resume = bool | Literal["auto"]
 
 # Sections that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = {"checkpoint", "logging", "data", "eval"}
@@ -32,7 +36,7 @@ def check_same_recipe(run_dir: Path, cfg: PretrainConfig) -> None:
                            "use the original settings or a new --out")
 
 
-def claim_run_dir(run_dir: Path, cfg: PretrainConfig, resume: bool, is_main: bool) -> bool:
+def claim_run_dir(run_dir: Path, cfg: PretrainConfig, resume: Resume, is_main: bool) -> bool:
     """Write the run's config; whether there are checkpoints to resume from."""
     checkpoints = list_checkpoints(run_dir)
     if not resume:
@@ -44,7 +48,7 @@ def claim_run_dir(run_dir: Path, cfg: PretrainConfig, resume: bool, is_main: boo
         atomic_write_json(run_dir / CONFIG_FILE, {**to_dict(cfg), "config_hash": config_hash(cfg)})
     if resume and not checkpoints and is_main:
         print(f"cram: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
-    return resume and bool(checkpoints)
+    return bool(resume) and bool(checkpoints)
 
 
 def corpus_record(corpus: PackedCorpus) -> dict[str, Any]:

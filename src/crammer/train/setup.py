@@ -6,6 +6,7 @@ Each check and each of its error messages lives here once.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from crammer.train.loader import BatchStream
 from crammer.train.logger import StepLogger
 from crammer.train.masking import MaskingSchedule, MLMCollator
 from crammer.train.optimizers import build_optimizer
-from crammer.train.resume import claim_run_dir, corpora_after_resume, corpus_record, rescaled_micro_batch
+from crammer.train.resume import Resume, claim_run_dir, corpora_after_resume, corpus_record, rescaled_micro_batch
 from crammer.train.sizing import auto_micro_batch, cuda_memory_probe
 from crammer.train.state import Budget, BudgetClock, Pacing, TrainState
 from crammer.train.step import TrainStep
@@ -137,34 +138,41 @@ class RunParts:
     fresh_start: bool  # no checkpoint was restored: the run starts at step 0
 
 
-def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: bool, clock: BudgetClock
+def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: Resume, clock: BudgetClock
               ) -> RunParts:
-    """A run, set up in the order that matters: the model config is checked against the corpus before the
-    folder is claimed; the micro-batch is sized in eager mode before compiling, and compiled before the DDP
-    wrapper; a checkpoint restores weights, optimizer, counters, clock and random state; the data stream,
+    """A run, set up in the order that matters: every rank reads the corpus and they compare it; the model config
+    is checked against it before the folder is claimed (a problem on any rank stops them all there); the
+    micro-batch is sized in eager mode before compiling, and compiled before the DDP wrapper; a checkpoint restores weights, optimizer, counters, clock and random state; the data stream,
     whose prefetch thread nothing after it may leave running, starts last. With `cfg.init_from` the corpus's
     tokenizer is checked against the starting model's before the folder is claimed, and a fresh start loads its
     weights into the model the optimizer was built over."""
     cfg = cfg.validate()
     dist = Distributed.from_env()
-    corpus = PackedCorpus(data_dir)
-    start = StartingModel.resolve(cfg.init_from) if cfg.init_from else None
-    if start is not None:
-        start.check_tokenizer(corpus.path)
-    model_config = model_config_for(cfg, corpus.vocab_size, corpus.seq_len, f"{corpus.path}: corpus seq_len", start)
-    resume = claim_run_dir(run_dir, cfg, resume, dist.is_main)
+    with dist.together():
+        corpus = PackedCorpus(data_dir)
+        start = StartingModel.resolve(cfg.init_from) if cfg.init_from else None
+        if start is not None:
+            start.check_tokenizer(corpus.path)
+        model_config = model_config_for(cfg, corpus.vocab_size, corpus.seq_len, f"{corpus.path}: corpus seq_len",
+                                        start)
+    check_same_corpus(corpus, dist)
+    with dist.together():
+        resume = claim_run_dir(run_dir, cfg, resume, dist.is_main)
 
     training = build_training(cfg, model_config, corpus.special_tokens, dist.device)
     state, step_state = TrainState(), {}
     loaded = load_latest(run_dir, training.model, training.optimizer, dist.device) if resume else None
     if loaded:
         checkpoint, saved, step_state = loaded
-        corpora = corpora_after_resume(corpus, checkpoint, saved, dist.is_main)
+        corpora = corpora_after_resume(corpus, checkpoint, saved, dist.is_main)  # before anything else is said
         state.load_state_dict(saved)
         clock.spent_before = saved["elapsed"]
         micro_batch = rescaled_micro_batch(checkpoint, saved, dist.world_size)
         set_rng_state(step_state.pop("rng"))
         init_record = saved.get("init_from") or (start.record() if start is not None else None)
+        if dist.is_main:  # after a restart, what the run goes on from
+            print(f"cram: resuming from {checkpoint} (step {state.step}, {clock.spent_before:.0f}s of the budget "
+                  "spent)", file=sys.stderr)
     else:
         init_record = None if start is None else _start_from(start, training.model, model_config, dist.is_main)
         corpora = [{"from_step": 0, **corpus_record(corpus)}]
@@ -219,6 +227,27 @@ def _start_from(start: StartingModel, model: CrammedBertForMaskedLM, config: Cra
         if line:
             print(line, file=sys.stderr)
     return start.record()
+
+
+def corpus_digest(corpus: PackedCorpus) -> str:
+    """What identifies a corpus's bytes without reading them all: its recipe, tokenizer, block length, shards and
+    counts (preparing is deterministic: the same recipe on the same text gives the same bytes)."""
+    manifest = corpus.manifest
+    identity = {**corpus_record(corpus), "path": None, "dtype": manifest.dtype, "shards": manifest.shards,
+                "validation_shards": manifest.validation_shards, "tokens": manifest.num_tokens,
+                "tokenizer_fingerprint": manifest.tokenizer_fingerprint}
+    return hashlib.sha256(repr(identity).encode()).hexdigest()
+
+
+def check_same_corpus(corpus: PackedCorpus, dist: Distributed) -> None:
+    """Every rank reads its own `--data` (a node-local copy is fine): all must hold the same corpus."""
+    ranks = dist.gather((corpus_digest(corpus), dist.where, str(corpus.path)))
+    differ = [(where, path) for digest, where, path in ranks if digest != ranks[0][0]]
+    if differ:
+        (where, path), more = differ[0], f" (and {len(differ) - 1} more ranks)" if len(differ) > 1 else ""
+        raise CrammerError(f"{where}{more} read another corpus at {path} than {ranks[0][1]} at {ranks[0][2]} (recipe, "
+                           "input files or tokenizer differ); prepare it with the same command and inputs on every "
+                           "node, or put it on storage all nodes share")
 
 
 def _validator(cfg: PretrainConfig, corpus: PackedCorpus, micro_batch: int, dist: Distributed,
