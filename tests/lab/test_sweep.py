@@ -145,3 +145,21 @@ def test_a_failing_member_is_named_and_the_others_are_reported_with_glue(corpus,
     assert glue["config"]["max_train_examples"] == 32 and list(glue["tasks"]) == ["rte"]
     rte = glue["glue_numbers"]["RTE"]
     assert f"| variant (GLUE dev) | RTE | mean |\n|---|---|---|\n| base | {rte:.1f} | {rte:.1f} |" in report
+
+
+def test_on_gpus_each_member_gets_one_of_its_own_and_no_more_run_at_once(corpus, tmp_path):
+    """Three members, `--parallel 3`, two GPUs: two at a time, each with CUDA_VISIBLE_DEVICES set to a GPU no
+    other running member holds (the members here are real runs; on this CPU-only machine they ignore the id)."""
+    from crammer.lab.sweep import run_members
+
+    members = [Member(parse_variant(f"v{k}", "tiny"), 0, tmp_path / f"v{k}" / "seed-0") for k in range(3)]
+    lines: list[str] = []
+    failed = run_members(members, corpus, Budget(tokens=64 * 8 * 4), parallel=3, log=lines.append,
+                         gpus=["0", "1"])
+    assert not failed and all(m.finished for m in members)
+    assert lines[0] == "sweep: 2 GPU(s): running 2 at a time, one a GPU"
+    starts = [line for line in lines if ": starting" in line]
+    assert starts[:2] == ["sweep: v0/seed-0: starting on GPU 0", "sweep: v1/seed-0: starting on GPU 1"]
+    assert starts[2] in ("sweep: v2/seed-0: starting on GPU 0", "sweep: v2/seed-0: starting on GPU 1")
+    first_done = next(i for i, line in enumerate(lines) if ": finished" in line)
+    assert lines.index(starts[2]) > first_done  # the third waited for a GPU to be free

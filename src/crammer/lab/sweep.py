@@ -212,11 +212,13 @@ def _devices(parallel: int) -> tuple[list[str], int]:
 
 
 def run_members(members: list[Member], data: Path, budget: Budget, parallel: int,
-                log: Callable[[str], None]) -> dict[str, int]:
+                log: Callable[[str], None], gpus: list[str] | None = None) -> dict[str, int]:
     """Run the members not finished yet, `parallel` at a time; each one's output goes to `seed-K.log` beside its
     folder. Returns the failed ones (name -> exit status). A SIGTERM or Ctrl-C stops the running members
-    (they checkpoint) before it ends the sweep."""
-    gpus, threads = _devices(parallel)
+    (they checkpoint) before it ends the sweep. `gpus`: the GPU ids to place members on, one each (default: the
+    visible ones; none on a CPU)."""
+    found, threads = _devices(parallel)
+    gpus = found if gpus is None else gpus
     if gpus and parallel > len(gpus):
         log(f"sweep: {len(gpus)} GPU(s): running {len(gpus)} at a time, one a GPU")
         parallel = len(gpus)
@@ -240,7 +242,7 @@ def run_members(members: list[Member], data: Path, budget: Budget, parallel: int
                 member.run_dir.parent.mkdir(parents=True, exist_ok=True)
                 how = ("resuming from its newest checkpoint" if any((member.run_dir / CHECKPOINT_DIR).glob("step-*"))
                        else "restarting (no checkpoint yet)" if member.started else "starting")
-                log(f"sweep: {member.name}: {how}" + (f" on GPU {gpu}" if gpu else f" with {threads} thread(s)"))
+                log(f"sweep: {member.name}: {how}" + (f" on GPU {gpu}" if gpus else f" with {threads} thread(s)"))
                 with open(member.run_dir.parent / f"{member.run_dir.name}.log", "ab") as out:
                     process = subprocess.Popen(member.command(data, budget), stdout=out, stderr=subprocess.STDOUT,
                                                env=env)
