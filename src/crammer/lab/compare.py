@@ -33,7 +33,8 @@ from crammer.errors import CrammerError
 from crammer.io import atomic_write_json, atomic_write_text, read_json
 from crammer.report.document import Bullets, Code, Document, Heading, Image, Paragraph, Table, to_html, to_markdown
 from crammer.runfiles import (
-    CHECKPOINT_DIR, CONFIG_FILE, FINAL_DIR, RUN_JSON, SUMMARY_FILE, RunLayout, read_metrics, training_rows,
+    CHECKPOINT_DIR, CONFIG_FILE, FINAL_DIR, METRICS_FILE, RUN_JSON, SUMMARY_FILE, RunLayout, read_metrics,
+    training_rows,
     validation_rows)
 from crammer.units import duration, human
 
@@ -141,7 +142,7 @@ def expand(paths: list[str | Path]) -> list[tuple[Path, str | None]]:
             for name in record["order"]:
                 seeds = sorted((d for d in (path / name).glob("seed-*") if _SEED_DIR.fullmatch(d.name)),
                                key=lambda d: int(d.name[5:]))
-                out += [(d, name) for d in seeds if (d / CONFIG_FILE).is_file()]
+                out += [(d, name) for d in seeds if _evaluated(d)]  # mid-sweep: members not measured yet wait
         elif (path / RUN_JSON).is_file():  # a `cram run` folder: its pretraining, named after the folder
             out.append((RunLayout(path).pretrain, path.name))
         else:
@@ -154,6 +155,11 @@ def expand(paths: list[str | Path]) -> list[tuple[Path, str | None]]:
         if name is None and not _SEED_DIR.fullmatch(run.name) and names.count(names[i]) > 1:
             out[i] = (run, f"{run.parent.name}/{run.name}")
     return out
+
+
+def _evaluated(run: Path) -> bool:
+    """A sweep member that has a validation row to compare (one just started has none yet)."""
+    return (run / CONFIG_FILE).is_file() and (run / METRICS_FILE).is_file() and bool(validation_rows(read_metrics(run)))
 
 
 def _default_name(run: Path) -> str:
