@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel
@@ -12,7 +11,7 @@ from crammer.errors import CrammerError
 from crammer.io import atomic_dir
 from crammer.model.configuration_crammed_bert import ACTIVATIONS, CrammedBertConfig
 from crammer.model.modeling_crammed_bert import CrammedBertForMaskedLM, CrammedBertModel
-from crammer.model.native import copy_model_card, load_crammer_folder, replaceable_output, save_native_tokenizer
+from crammer.model.native import copy_model_card, export_source, replaceable_output, save_native_tokenizer
 from crammer.model.presets import ORIGINAL_ARCHITECTURE
 
 # The config fields BertConfig and CrammedBertConfig share, under the same names and meanings.
@@ -169,18 +168,7 @@ def to_hf_bert(source: CrammedBertModel | CrammedBertForMaskedLM | str | os.Path
     `crammer.model.native`) and the source folder's model card. A crammed-BERT model (pre-LN, GLU, no biases, ...)
     is a CrammerError.
     """
-    folder = Path(source) if isinstance(source, (str, os.PathLike)) else None
-    if folder is not None:
-        model = load_crammer_folder(folder, "to_hf_bert", check_bert_expressible)
-        if tokenizer is None and any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(folder, config=model.config)  # config given: no remote code
-    elif isinstance(source, (CrammedBertModel, CrammedBertForMaskedLM)):
-        model = source
-    else:
-        raise CrammerError(f"to_hf_bert: exports a CrammedBertModel or CrammedBertForMaskedLM (or a folder of "
-                           f"one), got {type(source).__name__}")
+    model, tokenizer, folder = export_source(source, tokenizer, "to_hf_bert", check_bert_expressible)
     config = model.config
     with_head = isinstance(model, CrammedBertForMaskedLM)
     check_bert_expressible(config, with_mlm_head=with_head)

@@ -10,7 +10,6 @@ writes every layer as full attention with our rotary theta, so outputs agree to 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertModel
@@ -19,7 +18,7 @@ from crammer.errors import CrammerError
 from crammer.io import atomic_dir, atomic_write_json, read_json
 from crammer.model.configuration_crammed_bert import CrammedBertConfig
 from crammer.model.modeling_crammed_bert import CrammedBertForMaskedLM, CrammedBertModel
-from crammer.model.native import copy_model_card, load_crammer_folder, replaceable_output, save_native_tokenizer
+from crammer.model.native import copy_model_card, export_source, replaceable_output, save_native_tokenizer
 from crammer.model.presets import MODERNBERT_ARCHITECTURE
 
 # Our parameter names -> ModernBERT's, as (prefix, replacement) applied to a name inside the encoder.
@@ -135,18 +134,8 @@ def to_hf_modernbert(source: CrammedBertModel | CrammedBertForMaskedLM | str | o
     `source` folder) as a `BertTokenizerFast` and the source folder's model card; the notes list what that
     tokenizer cannot reproduce (see `crammer.model.native`). Another architecture is a one-line CrammerError.
     """
-    folder = Path(source) if isinstance(source, (str, os.PathLike)) else None
-    if folder is not None:
-        model = load_crammer_folder(folder, "export", lambda config, is_mlm: check_modernbert_expressible(config))
-        if tokenizer is None and (folder / "tokenizer.json").is_file():
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(folder, config=model.config)  # config given: no remote code
-    elif isinstance(source, (CrammedBertModel, CrammedBertForMaskedLM)):
-        model = source
-    else:
-        raise CrammerError(f"export --to modernbert: exports a CrammedBertModel or CrammedBertForMaskedLM (or a "
-                           f"folder of one), got {type(source).__name__}")
+    model, tokenizer, folder = export_source(source, tokenizer, "export --to modernbert",
+                                             lambda config, is_mlm: check_modernbert_expressible(config))
     config = model.config
     check_modernbert_expressible(config)
     special = ({"pad": tokenizer.pad_token_id, "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id}

@@ -81,6 +81,23 @@ def copy_model_card(source: str | Path | None, folder: str | Path) -> None:
         shutil.copyfile(card, Path(folder) / "README.md")
 
 
+def export_source(source, tokenizer, what: str, check: Callable[[CrammedBertConfig, bool], None]):
+    """(the model, its tokenizer, the folder or None) of what an export is given: a crammer model, or the folder of
+    one (loaded by `load_crammer_folder`, its tokenizer read from it where none is given)."""
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        model = load_crammer_folder(folder, what, check)
+        if tokenizer is None and any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(folder, config=model.config)  # config given: no remote code
+        return model, tokenizer, folder
+    if isinstance(source, (CrammedBertModel, CrammedBertForMaskedLM)):
+        return source, tokenizer, None
+    raise CrammerError(f"{what}: exports a CrammedBertModel or CrammedBertForMaskedLM (or a folder of one), got "
+                       f"{type(source).__name__}")
+
+
 def load_crammer_folder(source: str | os.PathLike, what: str, check: Callable[[CrammedBertConfig, bool], None]
                         ) -> CrammedBertModel | CrammedBertForMaskedLM:
     """A saved crammer folder as the class that saved it (an MLM, else the bare encoder), its config passed to
