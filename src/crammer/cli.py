@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except CrammerError as e:
-        print(f"cram: error: {e}", file=sys.stderr)
+        _say(f"cram: error: {e}")
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or a SIGTERM turned into one (SignalInterrupt)
         print("cram: interrupted", file=sys.stderr)
@@ -61,9 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         if full is None:
             raise
         # A full disk met outside crammer.io's writes (an appended log, standard output) is no bug either.
-        print(f"cram: error: no space left on device while writing {_failed_file(full)}", file=sys.stderr)
+        _say(f"cram: error: no space left on device while writing {_failed_file(full)}")
         return 2
     return int(result or 0)
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write: under torchrun every rank may say it at once into one pipe, and print()'s
+    separate write of the newline let two ranks' lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _failed_file(e: BaseException) -> str:
