@@ -131,8 +131,6 @@ class StartingModel:
         return fresh
 
     def _source_model(self) -> nn.Module:
-        import torch
-
         if self.kind == "bert":
             from crammer.model import from_hf_bert
 
@@ -141,11 +139,9 @@ class StartingModel:
             from crammer.model.modernbert import from_hf_modernbert
 
             return from_hf_modernbert(self.folder)
-        from crammer.model import CrammedBertForMaskedLM, CrammedBertModel
+        from crammer.model.native import load_crammer_folder
 
-        config = CrammedBertConfig.from_pretrained(self.folder)
-        cls = CrammedBertForMaskedLM if "CrammedBertForMaskedLM" in (config.architectures or []) else CrammedBertModel
-        return cls.from_pretrained(self.folder, config=config, dtype=torch.float32)
+        return load_crammer_folder(self.folder, f"--init-from {self.source}", lambda config, is_mlm: None)
 
 
 def _local_folder(source: str) -> Path:

@@ -35,7 +35,7 @@ from crammer.train.checkpoint import checkpoint_path, load_latest, save_checkpoi
 from crammer.train.config import PretrainConfig
 from crammer.train.guard import NonFiniteGuard
 from crammer.train.distributed import Distributed, shared_run_folder
-from crammer.train.resume import Resume, check_same_recipe, corpus_record
+from crammer.train.resume import Resume, check_same_recipe
 from crammer.train.schedules import accumulation_steps, lr_multiplier
 from crammer.train.setup import build_run
 from crammer.train.state import BudgetClock, LaunchedStep
@@ -71,7 +71,7 @@ class Pretrainer:
         self.pacing, self.clock, self.masking = parts.pacing, parts.pacing.clock, parts.masking
         self.stream = parts.stream
         self.init_from, self.fresh_start = parts.init_from, parts.fresh_start  # the starting model (`--init-from`)
-        self.corpus_record = corpus_record(self.corpus)  # what each checkpoint remembers of the corpus
+        self.corpus_record = parts.corpus_record  # what each checkpoint remembers of the corpus
         self.model_card = model_card
         self.guard = NonFiniteGuard(self.cfg.guard, self.state)
         self.lr_at = lr_multiplier(self.cfg.schedule)

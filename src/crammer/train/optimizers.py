@@ -67,7 +67,8 @@ def muon(model: nn.Module, cfg: OptimConfig) -> Optimizers:
     """`torch.optim.Muon` (orthogonalised momentum) for the blocks' 2-D weight matrices; AdamW with the `optim.*`
     keys for the embeddings (and the decoder tied to them), norms, biases and scalars, as Muon's authors advise."""
     if not hasattr(torch.optim, "Muon"):
-        raise CrammerError(f"optim.name=muon needs torch.optim.Muon (PyTorch >= 2.9); this is torch {torch.__version__}")
+        raise CrammerError(f"optim.name=muon needs torch.optim.Muon (PyTorch >= 2.9); this is torch "
+                           f"{torch.__version__}")
     matrices, others = [], []
     for name, param in model.named_parameters():  # named_parameters() yields each tied tensor once
         if param.requires_grad:

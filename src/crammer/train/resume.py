@@ -30,7 +30,8 @@ def check_same_recipe(run_dir: Path, cfg: PretrainConfig) -> None:
     if not config_path.is_file():
         return
     saved = with_defaults(read_json(config_path), config_defaults(PretrainConfig))
-    changed = sorted({key.split(".")[0] for key in changed_keys(saved, to_dict(cfg))} - RESUMABLE_CHANGES - {"config_hash"})
+    sections = {key.split(".")[0] for key in changed_keys(saved, to_dict(cfg))}
+    changed = sorted(sections - RESUMABLE_CHANGES - {"config_hash"})
     if changed:
         raise CrammerError(f"{config_path}: --resume with a different config ({', '.join(changed)}); "
                            "use the original settings or a new --out")
@@ -57,12 +58,11 @@ def corpus_record(corpus: PackedCorpus) -> dict[str, Any]:
             "tokenizer_sha256": file_digest(corpus.path / "tokenizer.json")}
 
 
-def corpora_after_resume(corpus: PackedCorpus, checkpoint: Path, saved: dict[str, Any], is_main: bool
-                         ) -> list[dict[str, Any]]:
-    """The corpora the run trained on, in order, once it continues on `corpus`. Token ids must keep their
-    meaning: the tokenizer and the block length must be the checkpoint's. Another corpus with the same tokenizer
-    is allowed, and recorded."""
-    record = corpus_record(corpus)
+def corpora_after_resume(corpus: PackedCorpus, record: dict[str, Any], checkpoint: Path, saved: dict[str, Any],
+                         is_main: bool) -> list[dict[str, Any]]:
+    """The corpora the run trained on, in order, once it continues on `corpus` (whose `corpus_record` is `record`).
+    Token ids must keep their meaning: the tokenizer and the block length must be the checkpoint's. Another corpus
+    with the same tokenizer is allowed, and recorded."""
     before = saved.get("corpus")
     corpora = saved.get("corpora", [{"from_step": 0, **record}])
     if before is None:  # a checkpoint from before corpora were recorded: nothing to compare

@@ -134,6 +134,7 @@ class RunParts:
     pacing: Pacing
     masking: MaskingSchedule
     stream: BatchStream
+    corpus_record: dict[str, Any]  # what each checkpoint remembers of the corpus (see crammer.train.resume)
     init_from: dict[str, Any] | None  # the starting model's record (`--init-from`), else None
     fresh_start: bool  # no checkpoint was restored: the run starts at step 0
 
@@ -142,10 +143,11 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
               ) -> RunParts:
     """A run, set up in the order that matters: every rank reads the corpus and they compare it; the model config
     is checked against it before the folder is claimed (a problem on any rank stops them all there); the
-    micro-batch is sized in eager mode before compiling, and compiled before the DDP wrapper; a checkpoint restores weights, optimizer, counters, clock and random state; the data stream,
-    whose prefetch thread nothing after it may leave running, starts last. With `cfg.init_from` the corpus's
-    tokenizer is checked against the starting model's before the folder is claimed, and a fresh start loads its
-    weights into the model the optimizer was built over."""
+    micro-batch is sized in eager mode before compiling, and compiled before the DDP wrapper; a checkpoint
+    restores weights, optimizer, counters, clock and random state; the data stream, whose prefetch thread nothing
+    after it may leave running, starts last. With `cfg.init_from` the corpus's tokenizer is checked against the
+    starting model's before the folder is claimed, and a fresh start loads its weights into the model the
+    optimizer was built over."""
     cfg = cfg.validate()
     dist = Distributed.from_env()
     with dist.together():
@@ -155,7 +157,8 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
             start.check_tokenizer(corpus.path)
         model_config = model_config_for(cfg, corpus.vocab_size, corpus.seq_len, f"{corpus.path}: corpus seq_len",
                                         start)
-    check_same_corpus(corpus, dist)
+    record = corpus_record(corpus)  # hashes tokenizer.json: once per run
+    check_same_corpus(corpus, record, dist)
     with dist.together():
         resume = claim_run_dir(run_dir, cfg, resume, dist.is_main)
 
@@ -164,7 +167,7 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
     loaded = load_latest(run_dir, training.model, training.optimizer, dist.device) if resume else None
     if loaded:
         checkpoint, saved, step_state = loaded
-        corpora = corpora_after_resume(corpus, checkpoint, saved, dist.is_main)  # before anything else is said
+        corpora = corpora_after_resume(corpus, record, checkpoint, saved, dist.is_main)  # before anything is said
         state.load_state_dict(saved)
         clock.spent_before = saved["elapsed"]
         micro_batch = rescaled_micro_batch(checkpoint, saved, dist.world_size)
@@ -175,7 +178,7 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
                   "spent)", file=sys.stderr)
     else:
         init_record = None if start is None else _start_from(start, training.model, model_config, dist.is_main)
-        corpora = [{"from_step": 0, **corpus_record(corpus)}]
+        corpora = [{"from_step": 0, **record}]
         target = max(1, cfg.batch.target // dist.world_size)
         micro_batch = dist.min_over_ranks(training.micro_batch(corpus.seq_len, target))
         if dist.is_main and not cfg.batch.micro_batch:
@@ -211,7 +214,7 @@ def build_run(cfg: PretrainConfig, data_dir: str | Path, run_dir: Path, resume: 
         logger.close()
         raise
     return RunParts(cfg, run_dir, dist, corpus, corpora, training, state, micro_batch, train_step,
-                    corpus.tokenizer(), validator, logger, pacing, masking, stream, init_record, loaded is None)
+                    corpus.tokenizer(), validator, logger, pacing, masking, stream, record, init_record, loaded is None)
 
 
 def _start_from(start: StartingModel, model: CrammedBertForMaskedLM, config: CrammedBertConfig, is_main: bool
@@ -229,19 +232,20 @@ def _start_from(start: StartingModel, model: CrammedBertForMaskedLM, config: Cra
     return start.record()
 
 
-def corpus_digest(corpus: PackedCorpus) -> str:
-    """What identifies a corpus's bytes without reading them all: its recipe, tokenizer, block length, shards and
-    counts (preparing is deterministic: the same recipe on the same text gives the same bytes)."""
+def corpus_digest(corpus: PackedCorpus, record: dict[str, Any]) -> str:
+    """What identifies a corpus's bytes without reading them all: its recipe, tokenizer, block length (its
+    `corpus_record`), shards and counts (preparing is deterministic: the same recipe on the same text gives the
+    same bytes)."""
     manifest = corpus.manifest
-    identity = {**corpus_record(corpus), "path": None, "dtype": manifest.dtype, "shards": manifest.shards,
+    identity = {**record, "path": None, "dtype": manifest.dtype, "shards": manifest.shards,
                 "validation_shards": manifest.validation_shards, "tokens": manifest.num_tokens,
                 "tokenizer_fingerprint": manifest.tokenizer_fingerprint}
     return hashlib.sha256(repr(identity).encode()).hexdigest()
 
 
-def check_same_corpus(corpus: PackedCorpus, dist: Distributed) -> None:
+def check_same_corpus(corpus: PackedCorpus, record: dict[str, Any], dist: Distributed) -> None:
     """Every rank reads its own `--data` (a node-local copy is fine): all must hold the same corpus."""
-    ranks = dist.gather((corpus_digest(corpus), dist.where, str(corpus.path)))
+    ranks = dist.gather((corpus_digest(corpus, record), dist.where, str(corpus.path)))
     differ = [(where, path) for digest, where, path in ranks if digest != ranks[0][0]]
     if differ:
         (where, path), more = differ[0], f" (and {len(differ) - 1} more ranks)" if len(differ) > 1 else ""

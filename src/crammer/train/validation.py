@@ -130,10 +130,10 @@ class Validator:
         return ValidationResult(loss, correct / count, self.sequences, int(count), bits_per_char)
 
 
-def run_settings(model_dir: Path) -> tuple[MaskingConfig, int]:
-    """(masking, subset size) to measure `model_dir` with: the validation masks, and the subset size of the run
-    that made it (final/ or a checkpoint of a `cram pretrain` folder), so that its numbers are measured as that
-    run measured them; the default size for any other model."""
+def run_sequences(model_dir: Path) -> int:
+    """The validation subset size of the run that made `model_dir` (final/ or a checkpoint of a `cram pretrain`
+    folder), so that its numbers are measured as that run measured them; the default for any other model. (The
+    masks are `VALIDATION_MASKING` for every model.)"""
     from crammer.io import read_json
     from crammer.runfiles import CONFIG_FILE, SUMMARY_FILE
     from crammer.train.config import EvalConfig
@@ -142,8 +142,8 @@ def run_settings(model_dir: Path) -> tuple[MaskingConfig, int]:
         if candidate.is_file():
             saved = read_json(candidate)
             saved = saved.get(key, {}) if key else saved
-            return VALIDATION_MASKING, int(saved.get("eval", {}).get("sequences", EvalConfig().sequences))
-    return VALIDATION_MASKING, EvalConfig().sequences
+            return int(saved.get("eval", {}).get("sequences", EvalConfig().sequences))
+    return EvalConfig().sequences
 
 
 def tokenizer_difference(a: Path, b: Path) -> str | None:
@@ -184,7 +184,6 @@ def validate_model(model: str | Path, data: str | Path, sequences: int | None = 
         if differ:
             raise CrammerError(f"{model_dir}: its tokenizer is not the one of {corpus.path} ({differ} differs); "
                                "validation numbers compare only on the tokenizer the model was trained with")
-    masking, run_sequences = run_settings(model_dir)
     torch_device = resolve_device(device, "--device")
     resolved = resolve_precision(precision, torch_device, fp16=False)
     import crammer.model  # noqa: F401  (registers crammed_bert with the Auto classes)
@@ -197,5 +196,5 @@ def validate_model(model: str | Path, data: str | Path, sequences: int | None = 
     if mlm.config.vocab_size != corpus.vocab_size:
         raise CrammerError(f"{model_dir}: vocabulary of {mlm.config.vocab_size} tokens, the corpus has "
                            f"{corpus.vocab_size}: not the same tokenizer")
-    batches = validation_batches(corpus, masking, sequences or run_sequences, batch_size)
+    batches = validation_batches(corpus, VALIDATION_MASKING, sequences or run_sequences(model_dir), batch_size)
     return Validator(batches, torch_device, resolved, tokens_per_char=tokens_per_character(corpus))(mlm)
