@@ -13,7 +13,12 @@ $(BIN)/cram: pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $(BIN)/cram
 
-install: $(BIN)/cram
+# transformers 4 beside the environment, for the test that native exports load there (crammer itself needs 5).
+$(VENV)/transformers4: $(BIN)/cram
+	$(BIN)/pip install --no-deps --target $(VENV)/transformers4 "transformers==4.57.*" "huggingface_hub>=0.34,<1.0" \
+		"tokenizers>=0.22,<=0.23.0" requests charset-normalizer idna urllib3 certifi
+
+install: $(BIN)/cram $(VENV)/transformers4
 
 demo: install
 	$(BIN)/cram run --preset demo --out runs/demo $(if $(wildcard ../shared/data/glue),--glue-dir ../shared/data/glue)

@@ -17,7 +17,7 @@ from crammer.model import (
     make_config,
 )
 from crammer.model import modeling_crammed_bert as modeling
-from crammer.model.modeling_crammed_bert import apply_rotary, rotary_cos_sin
+from crammer.model.modeling_crammed_bert import rotary_cos_sin, rotary_qkv
 
 VOCAB = 211
 HEADS = ("SequenceClassification", "TokenClassification", "QuestionAnswering", "MultipleChoice")
@@ -156,11 +156,35 @@ def test_positions_matter_for_every_position_encoding():
 
 def test_rotary_scores_depend_only_on_relative_offset():
     cos, sin = rotary_cos_sin(20, 8, torch.device("cpu"))
-    q, k = torch.randn(8), torch.randn(8)
-    qs = apply_rotary(q.expand(20, 8), cos, sin)
-    ks = apply_rotary(k.expand(20, 8), cos, sin)
+    q, k, v = torch.randn(3, 8)
+    qs, ks, _ = rotary_qkv(torch.stack((q, k, v)).expand(1, 20, 1, 3, 8).transpose(2, 3).contiguous(), cos, sin)
+    qs, ks = qs[0, 0], ks[0, 0]  # (S, head_dim)
     torch.testing.assert_close(qs[3] @ ks[1], qs[15] @ ks[13], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(qs.norm(dim=-1), q.norm().expand(20))
+
+
+@pytest.mark.parametrize("position_ids", [False, True])
+def test_rotary_eager_backward_equals_autograd_of_the_plain_expression(position_ids):
+    """The hand-written float32 backward (CPU pretraining) against autograd through the expression that
+    torch.compile uses, values and gradients, with and without per-row positions."""
+    batch, seq_len, heads, head_dim = 2, 6, 3, 8
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]]) if position_ids else None
+    cos, sin = rotary_cos_sin(seq_len, head_dim, torch.device("cpu"), positions, theta=500.0)
+    qkv = torch.randn(batch, seq_len, 3, heads, head_dim, dtype=torch.float64)
+    weights = [torch.randn(batch, heads, seq_len, head_dim, dtype=torch.float64) for _ in range(3)]
+    fast = qkv.float().requires_grad_()
+    outputs = rotary_qkv(fast, cos, sin)
+    sum((o * w.float()).sum() for o, w in zip(outputs, weights)).backward()
+    plain = qkv.requires_grad_()
+    half = head_dim // 2
+    x1, x2 = plain[:, :, :2, :, :half], plain[:, :, :2, :, half:]
+    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).permute(2, 0, 3, 1, 4)
+    expected = (rotated[0], rotated[1], plain[:, :, 2].transpose(1, 2))
+    sum((o * w).sum() for o, w in zip(expected, weights)).backward()
+    for got, want in zip(outputs, expected):
+        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast.grad, plain.grad.float(), rtol=1e-5, atol=1e-6)
+    assert outputs[0].shape == (batch, heads, seq_len, head_dim)
 
 
 def test_module_structure_follows_the_switches():
@@ -287,3 +311,21 @@ def test_torch_compile_forward_backward_on_cpu():
     eager = model(ids, labels=ids, masked_positions=positions)
     torch.testing.assert_close(out.loss, eager.loss, rtol=1e-4, atol=1e-5)
     assert model.bert.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_rotary_model_compiles_in_one_graph_with_the_eager_gradients():
+    """Under torch.compile the rotation is the plain expression (the hand-written backward is for eager float32):
+    one graph, and the loss and every gradient agree with the eager model's."""
+    model = CrammedBertForMaskedLM(tiny("position_embedding=rotary"))
+    ids = batch()
+    positions = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    eager_loss = model(ids, labels=ids, masked_positions=positions).loss
+    eager_loss.backward()
+    eager_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    loss = compiled(ids, labels=ids, masked_positions=positions).loss
+    loss.backward()
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
