@@ -13,8 +13,10 @@ import torch
 
 from crammer.cli import main
 from crammer.errors import CrammerError
+from crammer.model import CrammedBertConfig, training_flops_per_token
 from crammer.lab.compare import (
     COMPARE_HTML, COMPARE_JSON, COMPARE_MD, ONE_SEED, RULE, _default_name, compare, expand, verdict)
+from crammer.report.report import mean_masked_fraction
 from crammer.runfiles import read_metrics, training_rows, validation_rows
 from crammer.train.config import make_pretrain_config
 from crammer.train.loop import pretrain
@@ -68,11 +70,14 @@ def test_the_table_is_what_the_runs_metrics_say(runs, tmp_path):
             assert member["val_accuracy"] == last["val_accuracy"]
             assert member["tokens_per_s"] == statistics.median(r["tokens_per_s"] for r in training_rows(records))
             assert (member["steps"], member["tokens"]) == (summary["steps"], summary["tokens"])
+            config = CrammedBertConfig.from_pretrained(Path(member["path"]) / "final")
+            assert member["flops_per_token"] == training_flops_per_token(config, 64, 0.25)  # 25% masked, 64 tokens
             finals.setdefault(row.variant, []).append(last["val_loss"])
         losses = finals[row.variant]
         assert (row.val_loss, row.val_loss_min, row.val_loss_max) == (statistics.median(losses), min(losses),
                                                                       max(losses))
         assert row.tokens_per_s == statistics.median(m["tokens_per_s"] for m in row.members)
+        assert row.flops_per_token == row.members[0]["flops_per_token"]
     lr = result.row("lr")
     assert lr.delta_nats == pytest.approx(statistics.median(finals["lr"]) - statistics.median(finals["base"]))
     assert (lr.verdict, lr.noise_nats) == verdict(finals["lr"], finals["base"])
@@ -83,6 +88,12 @@ def test_the_table_is_what_the_runs_metrics_say(runs, tmp_path):
     assert "![validation loss against elapsed (seconds)](plots/val_loss_time.png)" in md  # a short run in seconds
     assert html.count("data:image/png;base64,") == 2 and "plots/" not in html  # self-contained
     assert json.loads((out / COMPARE_JSON).read_text())["rows"] == json.loads(json.dumps([asdict(r) for r in result.rows]))
+
+
+def test_flops_per_token_counts_the_average_masked_share():
+    assert mean_masked_fraction({"fraction": 0.4, "schedule": "constant", "final_fraction": 0.15}) == 0.4
+    assert mean_masked_fraction({"fraction": 0.4, "schedule": "linear", "final_fraction": 0.2}) == pytest.approx(0.3)
+    assert mean_masked_fraction(None) == 0.25  # a config written before masking was recorded: the default
 
 
 def test_the_baseline_can_be_any_run(runs):

@@ -225,6 +225,18 @@ def test_presets_resolve_and_overrides_reach_their_stage(tmp_path):
     assert config.pretrain.budget_seconds == 30.0
 
 
+def test_the_crammed_bert_plus_run_is_the_paper_run_with_the_studys_three_changes(tmp_path):
+    from crammer.config import changed_keys
+
+    micro = ["pretrain.batch.micro_batch=8"]  # no GPU here to size it
+    plus, paper = make_run_config("crammed-bert-plus", tmp_path, overrides=micro), make_run_config(
+        "crammed-bert", tmp_path, overrides=micro)
+    assert (plus.pretrain.model, plus.pretrain.optim.name, plus.pretrain.masking.fraction) == ("modernbert", "muon", 0.4)
+    assert changed_keys(dataclasses.asdict(paper.pretrain), dataclasses.asdict(plus.pretrain)) == [
+        "masking.fraction", "model", "optim.name"]
+    assert (plus.data, plus.glue, plus.pretrain.budget_seconds) == (paper.data, paper.glue, 24 * 3600)
+
+
 @pytest.mark.parametrize("override, message", [
     ("lr=1", "unknown config key 'lr' (known here: data, glue, pretrain)"),
     ("preset=demo", "preset=demo: preset is not an override (choose it with --preset)"),

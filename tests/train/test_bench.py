@@ -37,6 +37,19 @@ def test_bench_sweeps_micro_batches_and_compares_with_hf(capsys):
     assert "seq_len 32" in out and "ratio (crammer / HF): tokens/s" in out
 
 
+def test_bench_takes_the_crammed_bert_plus_recipe_and_counts_its_flops(capsys):
+    """The study's preset at a tiny size: Muon, the ModernBERT block, 40% of positions through the MLM head."""
+    size = ["model.hidden_size=64", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+            "model.intermediate_size=256"]
+    assert main(["bench", "--preset", "crammed-bert-plus", "--device", "cpu", "--steps", "2", "--warmup", "1",
+                 "--seq-len", "32", "--vocab-size", "512", "--micro-batch", "4", "--compare", "none", *size]) == 0
+    (row,) = table_rows(capsys.readouterr().out)
+    config = make_config("modernbert", 512, [s.removeprefix("model.") for s in size])
+    assert row[0] == "crammer crammed-bert-plus (none)" and config.mlm_head_transform
+    assert float(row[3]) == pytest.approx(training_flops_per_token(config, 32, 0.4) / 1e9, abs=5e-4)
+    assert float(row[4].replace(",", "")) > 0
+
+
 def test_profile_writes_a_trace_and_the_costliest_operators(tmp_path, capsys):
     assert main([*TINY, "--micro-batch", "4", "--compare", "none", "--profile", str(tmp_path)]) == 0
     out = capsys.readouterr().out

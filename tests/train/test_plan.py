@@ -42,3 +42,12 @@ def test_plan_with_a_corpus_longer_than_the_model_positions_is_a_clear_error(pyd
     err = capsys.readouterr().err
     assert code == 2
     assert "seq_len=128 exceeds the max_position_embeddings=64 of the 'tiny' model" in err and err.count("\n") == 1
+
+
+def test_plan_takes_the_crammed_bert_plus_recipe(pydoc_corpus, capsys):
+    code = main(["plan", "--data", str(pydoc_corpus), "--budget", "1h", "--preset", "crammed-bert-plus", "--seconds",
+                 "1", "batch.micro_batch=4", "model.hidden_size=64", "model.num_hidden_layers=2",
+                 "model.num_attention_heads=2", "model.intermediate_size=256"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "plan for preset 'crammed-bert-plus' on cpu, budget 1.00 h" in out

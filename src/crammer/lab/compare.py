@@ -31,6 +31,7 @@ from typing import Any
 from crammer.config import changed_keys
 from crammer.errors import CrammerError
 from crammer.io import atomic_write_json, atomic_write_text, read_json
+from crammer.report.report import model_flops_per_token
 from crammer.report.document import Bullets, Code, Document, Heading, Image, Paragraph, Table, to_html, to_markdown
 from crammer.runfiles import (
     CHECKPOINT_DIR, CONFIG_FILE, FINAL_DIR, METRICS_FILE, RUN_JSON, SUMMARY_FILE, RunLayout, read_metrics,
@@ -61,6 +62,7 @@ class Member:
     val_bits_per_char: float | None
     val_sequences: int
     tokens_per_s: float | None
+    flops_per_token: float | None  # training FLOPs per token of its final model (None before it has one)
     steps: int
     tokens: int
     elapsed_s: float
@@ -85,6 +87,7 @@ class VariantRow:
     val_accuracy_max: float
     val_bits_per_char: float | None
     tokens_per_s: float | None
+    flops_per_token: float | None
     steps: float
     tokens: float
     elapsed_s: float
@@ -186,9 +189,11 @@ def read_member(path: Path, variant: str | None = None) -> Member:
     glue_path = path / GLUE_DIR / "results.json"
     glue = read_json(glue_path) if glue_path.is_file() else None
     seed_dir = _SEED_DIR.fullmatch(path.name)
+    config = read_json(path / CONFIG_FILE)
+    _, flops = model_flops_per_token(path / FINAL_DIR, corpus.get("seq_len"), config.get("masking"))
     return Member(
         path=path, variant=variant or _default_name(path),
-        seed=int(seed_dir.group(1)) if seed_dir else None, config=read_json(path / CONFIG_FILE),
+        seed=int(seed_dir.group(1)) if seed_dir else None, config=config, flops_per_token=flops,
         finished=summary is not None, val_loss=last["val_loss"], val_accuracy=last["val_accuracy"],
         val_bits_per_char=last.get("val_bits_per_char"), val_sequences=last["val_sequences"],
         tokens_per_s=statistics.median(throughput) if throughput else None, steps=progress["steps" if summary else "step"],
@@ -285,7 +290,9 @@ def _row(name: str, group: list[Member], base: list[Member], overrides: list[str
         val_loss=median(losses), val_loss_min=min(losses), val_loss_max=max(losses),
         val_accuracy=median(accuracies), val_accuracy_min=min(accuracies), val_accuracy_max=max(accuracies),
         val_bits_per_char=median(bits) if len(bits) == len(group) else None,
-        tokens_per_s=median(throughput) if throughput else None, steps=median(m.steps for m in group),
+        tokens_per_s=median(throughput) if throughput else None,
+        flops_per_token=median(flops) if (flops := [m.flops_per_token for m in group if m.flops_per_token]) else None,
+        steps=median(m.steps for m in group),
         tokens=median(m.tokens for m in group), elapsed_s=median(m.elapsed_s for m in group),
         delta_nats=median(losses) - median(base_losses), noise_nats=noise, verdict=label, overrides=overrides,
         differs=_differences(base[0].config, group[0].config),
@@ -345,7 +352,7 @@ def _spread(low: float, high: float, digits: int = 4) -> str:
 def _table(rows: list[VariantRow]) -> Table:
     bits = any(r.val_bits_per_char is not None for r in rows)
     header = ["variant", "seeds", "val loss (median)", "spread", "val accuracy %", *(["bits/char"] if bits else []),
-              "tokens/s", "steps", "tokens", "Δ vs baseline (nats)", "verdict"]
+              "tokens/s", "FLOPs/token", "steps", "tokens", "Δ vs baseline (nats)", "verdict"]
     body = []
     for r in rows:
         body.append([
@@ -353,7 +360,8 @@ def _table(rows: list[VariantRow]) -> Table:
             f"{r.val_loss:.4f}", _spread(r.val_loss_min, r.val_loss_max),
             f"{100 * r.val_accuracy:.2f} ({_spread(100 * r.val_accuracy_min, 100 * r.val_accuracy_max, 2)})",
             *([f"{r.val_bits_per_char:.4f}" if r.val_bits_per_char is not None else "n/a"] if bits else []),
-            f"{r.tokens_per_s:,.0f}" if r.tokens_per_s is not None else "n/a", f"{r.steps:,.0f}", human(r.tokens),
+            f"{r.tokens_per_s:,.0f}" if r.tokens_per_s is not None else "n/a",
+            human(r.flops_per_token) if r.flops_per_token else "n/a", f"{r.steps:,.0f}", human(r.tokens),
             "—" if r.delta_nats is None else f"{r.delta_nats:+.4f}" + (
                 "" if r.noise_nats is None else f" (noise {r.noise_nats:.4f})"),
             f"**{r.verdict}**" if r.verdict in ("better", "worse") else r.verdict,
@@ -385,7 +393,9 @@ def write_report(result: Comparison, groups: dict[str, list[Member]], out: Path)
     doc.add(Heading("Result"), Paragraph(
         f"Baseline `{result.baseline.variant}`. Final validation MLM loss and accuracy on the corpus's fixed "
         "held-out subset (the same sequences and masks for every run), the median over seeds with its spread "
-        "(lowest..highest seed); tokens/s is the median of each run's logged throughput."), _table(result.rows),
+        "(lowest..highest seed); tokens/s is the median of each run's logged throughput; FLOPs/token is a training "
+        "step's model FLOPs per token (6N + attention + the MLM head on the masked share; optimizer work such as "
+        "Muon's is not counted), the numerator of MFU."), _table(result.rows),
         Paragraph(RULE))
     if result.notes:
         doc.add(Bullets(result.notes))

@@ -102,22 +102,45 @@ def _data_section(doc: Document, data_dir: Path | None, tokens_trained: float | 
     return manifest.seq_len
 
 
-def _model_section(doc: Document, final_dir: Path, seq_len: int | None, masked_fraction: float | None) -> float | None:
+def mean_masked_fraction(masking: dict[str, Any] | None) -> float:
+    """The share of positions the MLM head scores, averaged over a run, from a saved config's `masking` section
+    (keys it lacks at their defaults): `MaskingSchedule.mean_fraction`, what the trainer counts FLOPs with."""
+    from crammer.config import config_defaults, with_defaults
+    from crammer.train.config import MaskingConfig
+    from crammer.train.masking import MaskingSchedule
+
+    saved = with_defaults(masking or {}, config_defaults(MaskingConfig))
+    known = {f.name for f in dataclasses.fields(MaskingConfig)}
+    return MaskingSchedule(MaskingConfig(**{k: v for k, v in saved.items() if k in known})).mean_fraction
+
+
+def model_flops_per_token(final_dir: Path, seq_len: int | None, masking: dict[str, Any] | None):
+    """(config, training FLOPs/token) of the model in `final_dir` trained with `masking`; (None, None) when the
+    folder has no model yet. Sequence length: the corpus's, else the model's maximum."""
+    if not (final_dir / "config.json").is_file():
+        return None, None
+    from crammer.model import CrammedBertConfig, training_flops_per_token
+
+    config = CrammedBertConfig.from_pretrained(str(final_dir))
+    return config, training_flops_per_token(config, seq_len or config.max_position_embeddings,
+                                            mean_masked_fraction(masking))
+
+
+def _model_section(doc: Document, final_dir: Path, seq_len: int | None, masking: dict[str, Any] | None) -> float | None:
     """Parameters and training FLOPs/token of the final model; returns FLOPs/token (for MFU)."""
     doc.add(Heading("Model"))
-    if not (final_dir / "config.json").is_file():
+    config, flops = model_flops_per_token(final_dir, seq_len, masking)
+    if config is None:
         doc.add(Paragraph("No final model yet (pretraining not finished)."))
         return None
     import torch
 
-    from crammer.model import CrammedBertConfig, CrammedBertForMaskedLM, count_parameters, training_flops_per_token
+    from crammer.model import CrammedBertForMaskedLM, count_parameters
 
-    config = CrammedBertConfig.from_pretrained(str(final_dir))
     with torch.device("meta"):  # shapes only: counting needs no memory and no weights
         model = CrammedBertForMaskedLM(config)
     seq_len = seq_len or config.max_position_embeddings
-    fraction = 0.25 if masked_fraction is None else masked_fraction
-    flops = training_flops_per_token(config, seq_len, fraction)
+    fraction = mean_masked_fraction(masking)
     rows = [
         ["parameters", f"{count_parameters(model) / 1e6:.2f}M"],
         ["parameters without embeddings", f"{count_parameters(model, include_embeddings=False) / 1e6:.2f}M"],
@@ -293,7 +316,7 @@ def _pretrain_report(run_dir: Path) -> tuple[Path, Path]:
         doc.add(Heading("Data"), Paragraph(
             f"The corpus, `{data_dir}`, is not there (moved, or named relative to another working directory)."
             if data_dir else "The corpus is named in final/pretraining.json, written when pretraining finishes."))
-    flops = _model_section(doc, layout.final, seq_len, config.get("masking", {}).get("fraction"))
+    flops = _model_section(doc, layout.final, seq_len, config.get("masking"))
     _training_section(doc, layout, metrics, flops)
     doc.add(Heading("Reproducibility"), Paragraph(f"The resolved configuration ({CONFIG_FILE}):"),
             Code(json.dumps(config, indent=2, sort_keys=True), "json"))
@@ -320,12 +343,12 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     metrics = read_metrics(layout.pretrain) if (layout.pretrain / METRICS_FILE).is_file() else []
     tokens_trained = metrics[-1]["tokens"] if metrics else None
     data_dir = _recorded_data_dir(run_dir, state)
-    masked_fraction = run.get("config", {}).get("pretrain", {}).get("masking", {}).get("fraction")
+    masking = run.get("config", {}).get("pretrain", {}).get("masking")
 
     doc = Document(f"crammer run: {run_dir.name}")
     _summary_section(doc, run, state)
     seq_len = _data_section(doc, data_dir, tokens_trained)
-    flops_per_token = _model_section(doc, layout.final, seq_len, masked_fraction)
+    flops_per_token = _model_section(doc, layout.final, seq_len, masking)
     _training_section(doc, layout, metrics, flops_per_token)
     _glue_section(doc, layout.glue, state)
     _reproduce_section(doc, run)

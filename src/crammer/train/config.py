@@ -229,6 +229,10 @@ PRESETS: dict[str, PretrainConfig] = {
     "crammed-bert": PretrainConfig(),
     # The same recipe for the ModernBERT-shaped model (exports to a native `modernbert` folder).
     "modernbert": PretrainConfig(model="modernbert"),
+    # The paper's size and budget with what the recipe study (BENCHMARKS.md, "Recipe ablations") found better at
+    # two sizes: the ModernBERT block (rotary positions above all), Muon for the blocks' matrices, 40% masking.
+    # Not the default until a GPU run at the full size confirms it.
+    "crammed-bert-plus": _preset(model="modernbert", optim={"name": "muon"}, masking={"fraction": 0.4}),
     # Seconds-long CPU runs for the tests.
     "tiny": _preset(
         model="tiny",
