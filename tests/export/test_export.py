@@ -33,11 +33,11 @@ WITHOUT_CRAMMER = textwrap.dedent("""
 """)
 
 SENTENCE = "The Abbey's café (founded in 1302) is on the river; naïve visitors ask where the [MASK] is."
-NATIVE_CHECK = WITHOUT_CRAMMER + f"SENTENCE = {SENTENCE!r}\n" + textwrap.dedent("""
+# Loads the native folder sys.argv[1] with no remote code; `worst` is its largest difference from crammer's outputs
+# saved in sys.argv[2] (`reference_outputs`), on the real tokens of each row.
+LOAD_AND_COMPARE = textwrap.dedent("""
     import json, torch
-    from transformers import (AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                              AutoModelForTokenClassification, AutoTokenizer, BertTokenizerFast, pipeline)
-    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     folder, reference = sys.argv[1], torch.load(sys.argv[2])
     mlm = AutoModelForMaskedLM.from_pretrained(folder).eval()  # no trust_remote_code
@@ -50,6 +50,12 @@ NATIVE_CHECK = WITHOUT_CRAMMER + f"SENTENCE = {SENTENCE!r}\n" + textwrap.dedent(
             worst["last_hidden_state"] = max(worst["last_hidden_state"], (out - hidden)[keep].abs().max().item())
             out = mlm(input_ids=ids, attention_mask=mask).logits
             worst["logits"] = max(worst["logits"], (out - logits)[keep].abs().max().item())
+""")
+NATIVE_CHECK = WITHOUT_CRAMMER + f"SENTENCE = {SENTENCE!r}\n" + LOAD_AND_COMPARE + textwrap.dedent("""
+    from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, BertTokenizerFast,
+                              pipeline)
+    from sentence_transformers import SentenceTransformer
+
     fill = pipeline("fill-mask", model=folder)("the history of the [MASK] is long.")
     embedding = SentenceTransformer(folder, device="cpu").encode(["the history of the city"])
     classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)

@@ -17,25 +17,14 @@ from pathlib import Path
 import pytest
 
 from crammer.cli import main
-from tests.export.test_export import SENTENCE, WITHOUT_CRAMMER, reference_outputs
+from tests.export.test_export import LOAD_AND_COMPARE, SENTENCE, WITHOUT_CRAMMER, reference_outputs
 
 TRANSFORMERS4 = Path(os.environ.get("CRAMMER_TRANSFORMERS4", Path(sys.prefix) / "transformers4"))
 
-CHECK = WITHOUT_CRAMMER + f"SENTENCE = {SENTENCE!r}\n" + textwrap.dedent("""
-    import json, torch, transformers
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+CHECK = WITHOUT_CRAMMER + f"SENTENCE = {SENTENCE!r}\n" + LOAD_AND_COMPARE + textwrap.dedent("""
+    import transformers
+    from transformers import AutoModelForSequenceClassification
 
-    folder, reference = sys.argv[1], torch.load(sys.argv[2])
-    mlm = AutoModelForMaskedLM.from_pretrained(folder).eval()
-    tok = AutoTokenizer.from_pretrained(folder)
-    worst = {"last_hidden_state": 0.0, "logits": 0.0}
-    with torch.no_grad():
-        for ids, mask, hidden, logits in reference:
-            keep = mask.bool()
-            out = mlm.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-            worst["last_hidden_state"] = max(worst["last_hidden_state"], (out - hidden)[keep].abs().max().item())
-            out = mlm(input_ids=ids, attention_mask=mask).logits
-            worst["logits"] = max(worst["logits"], (out - logits)[keep].abs().max().item())
     classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
     print(json.dumps({"version": transformers.__version__, "worst": worst, "tokenizer": type(tok).__name__,
                       "ids": tok(SENTENCE)["input_ids"], "classes": [type(m).__name__ for m in (mlm, classifier)],
