@@ -19,6 +19,8 @@ from crammer.config import changed_keys
 from crammer.errors import CrammerError
 from crammer.lab.compare import COMPARE_JSON, COMPARE_MD
 from crammer.lab.sweep import Budget, Member, parse_variant, read_variants_file
+from tests.conftest import REPO_ROOT
+from crammer.model import make_config
 from crammer.runfiles import read_metrics, training_rows, validation_rows
 
 TOKENS = 64 * 16 * 120  # ~130 optimizer steps of the tiny preset at batch.target=16
@@ -33,6 +35,32 @@ def test_a_variant_is_a_name_and_pretraining_settings(tmp_path):
             parse_variant(bad, "tiny")
     (tmp_path / "variants.txt").write_text("# the baseline first\nbase\n\n  wide:model.hidden_size=256\n")
     assert read_variants_file(tmp_path / "variants.txt") == ["base", "wide:model.hidden_size=256"]
+
+
+@pytest.mark.parametrize("study, preset, common", [
+    ("tiny", "tiny", ["batch.target=8", "eval.sequences=512"]),
+    ("small", "tiny", ["model=small", "batch.target=8", "eval.sequences=512"]),
+    ("crammed-bert", "crammed-bert", []),
+])
+def test_the_committed_recipe_studies_build_with_the_paper_first_and_the_combination_last(study, preset, common):
+    """benchmarks/recipes/*.txt as BENCHMARKS.md runs them: every variant's config builds; the first is the paper's
+    recipe at that size, the last the three changes the crammed-bert-plus preset adopts."""
+    from crammer.lab.sweep import Budget, check_variants
+    from crammer.train.config import make_pretrain_config
+
+    lines = read_variants_file(REPO_ROOT / "benchmarks" / "recipes" / f"{study}.txt")
+    variants = [parse_variant(line, preset) for line in lines]
+    variants = [type(v)(v.name, v.preset, (*common, *v.overrides)) for v in variants]
+    check_variants(variants, Budget(tokens=3_072_000))
+    first, last = (make_pretrain_config(v.preset, v.overrides, budget_tokens=1) for v in (variants[0], variants[-1]))
+    assert variants[0].name == "paper" and variants[0].overrides == tuple(common)
+    assert (last.optim.name, last.masking.fraction, first.optim.name, first.masking.fraction) == ("muon", 0.4,
+                                                                                                  "adamw", 0.25)
+    plus = make_pretrain_config("crammed-bert-plus", budget_tokens=1)
+    ours, theirs = make_config(last.model, 100, last.model_settings), make_config(plus.model, 100)
+    for key in ("position_embedding", "type_vocab_size", "first_layer_attn_norm", "mlm_head_transform", "norm_bias",
+                "layer_norm_eps", "norm_scheme", "ffn_type", "use_bias", "rope_theta"):
+        assert getattr(ours, key) == getattr(theirs, key), key
 
 
 def test_a_member_is_a_cram_pretrain_command(tmp_path):
