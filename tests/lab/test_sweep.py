@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -145,7 +146,13 @@ def test_a_sweep_resumes_after_kill_9_and_its_table_is_the_members_metrics(corpu
     by_folder = json.loads((tmp_path / "again" / COMPARE_JSON).read_text())["rows"]
     assert [{**r, "overrides": None} for r in rows] == by_folder  # given by folder: no sweep definitions
     assert main(["compare", str(out), "--out", str(tmp_path / "whole")]) == 0
-    assert json.loads((tmp_path / "whole" / COMPARE_JSON).read_text())["rows"] == rows
+    whole = json.loads((tmp_path / "whole" / COMPARE_JSON).read_text())
+    assert whole["rows"] == rows
+    # Its reproducibility section gives the sweep's own command, then this comparison's.
+    recorded = json.loads((out / "sweep.json").read_text())["command"]
+    assert whole["sweep_commands"] == [recorded] and recorded[:2] == ["cram", "sweep"]
+    assert json.loads((out / COMPARE_JSON).read_text())["sweep_commands"] == []  # the sweep's own report
+    assert shlex.join(recorded) in (tmp_path / "whole" / COMPARE_MD).read_text()
 
     # A changed definition of an existing variant is refused in one line, before anything runs.
     capsys.readouterr()

@@ -107,6 +107,7 @@ class Comparison:
     rows: list[VariantRow]
     notes: list[str]
     command: list[str]
+    sweep_commands: list[list[str]] = field(default_factory=list)  # how the sweep folders compared were made
 
     @property
     def baseline(self) -> VariantRow:
@@ -263,7 +264,9 @@ def compare(runs: list[str | Path], baseline: str | Path | None = None, out: str
     base_members = next(iter(groups.values()))
     rows = [_row(name, group, base_members, overrides.get(name)) for name, group in groups.items()]
     rows[0].verdict, rows[0].delta_nats, rows[0].noise_nats = "baseline", None, None
-    result = Comparison(rows, _notes(members), command or ["cram", "compare", *map(str, runs)])
+    sweeps = [read_json(Path(p) / SWEEP_FILE).get("command") for p in runs if (Path(p) / SWEEP_FILE).is_file()]
+    command = command or ["cram", "compare", *map(str, runs)]
+    result = Comparison(rows, _notes(members), command, [c for c in sweeps if c and c != command])
     if out is not None:
         write_report(result, groups, Path(out))
     return result
@@ -420,10 +423,12 @@ def write_report(result: Comparison, groups: dict[str, list[Member]], out: Path)
           f"{100 * m['val_accuracy']:.2f}", f"{m['tokens_per_s']:,.0f}" if m["tokens_per_s"] else "n/a",
           f"{m['steps']:,}", f"{m['tokens']:,}", duration(m["elapsed_s"]) + ("" if m["finished"] else " (unfinished)")]
          for r in result.rows for m in r.members]))
-    doc.add(Heading("Reproducibility"), Code(shlex.join(result.command), "bash"))
+    doc.add(Heading("Reproducibility"), Code("\n".join(map(shlex.join, [*result.sweep_commands, result.command])),
+                                             "bash"))
     md, html = out / COMPARE_MD, out / COMPARE_HTML
     atomic_write_text(md, to_markdown(doc, out))
     atomic_write_text(html, to_html(doc))
-    atomic_write_json(out / COMPARE_JSON, {"command": result.command, "notes": result.notes,
+    atomic_write_json(out / COMPARE_JSON, {"command": result.command, "sweep_commands": result.sweep_commands,
+                                           "notes": result.notes,
                                            "rows": [asdict(r) for r in result.rows]})
     return md, html
