@@ -90,10 +90,10 @@ class _RotaryQKV(torch.autograd.Function):
     """The projection's (B, S, 3, H, head_dim) output -> rotated queries, rotated keys, values, each (B, H, S,
     head_dim), with a hand-written backward that rotates the gradients straight into the projection's layout.
 
-    For eager float32 (CPU pretraining): autograd's version of the same arithmetic (slices, a concatenation, their
+    For eager float32 on a CPU (CPU pretraining): autograd's version of the same arithmetic (slices, a concatenation, their
     zero-filled gradients) cost a tenth of a small model's step. One batch row at a time, so that the half-width
-    passes run in the core's own cache (a third faster at d=256). Under torch.compile the plain expression fuses
-    anyway and is used instead (`rotary_qkv`)."""
+    passes run in the core's own cache (a third faster at d=256). Under torch.compile, and on a GPU (where a launch
+    per row would cost more than it saves), the plain expression is used instead (`rotary_qkv`)."""
 
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -127,7 +127,7 @@ def _row_tables(cos: torch.Tensor, sin: torch.Tensor, row: int) -> tuple[torch.T
 def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Queries and keys of the projection's (B, S, 3, H, head_dim) output rotated by RoPE, and the values; each
     (B, H, S, head_dim). Computed in float32 whatever the input dtype, returned in it."""
-    if qkv.dtype == torch.float32 and not torch.compiler.is_compiling():
+    if qkv.dtype == torch.float32 and qkv.device.type == "cpu" and not torch.compiler.is_compiling():
         return _RotaryQKV.apply(qkv, cos, sin)
     q, k = rotate_half_pairs(qkv[:, :, :2], cos, sin).to(qkv.dtype).permute(2, 0, 3, 1, 4).unbind(0)
     return q, k, qkv[:, :, 2].transpose(1, 2)
