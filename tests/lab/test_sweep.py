@@ -64,6 +64,21 @@ def test_the_committed_recipe_studies_build_with_the_paper_first_and_the_combina
         assert getattr(ours, key) == getattr(theirs, key), key
 
 
+def test_a_rerun_with_fewer_variants_keeps_the_others_in_the_record_and_the_order(tmp_path):
+    from crammer.lab.sweep import _claim
+
+    def record(*names):
+        return {"command": [], "budget": {"tokens": 10}, "corpus": {"recipe": "r"}, "order": list(names),
+                "variants": {n: {"preset": "tiny", "overrides": [f"seed-free={n}"]} for n in names}}
+
+    _claim(tmp_path, record("paper", "muon", "combo"))
+    merged = _claim(tmp_path, record("paper", "wsd"))  # a variant added later, run on its own
+    assert merged["order"] == ["paper", "wsd", "muon", "combo"] and set(merged["variants"]) == {
+        "paper", "wsd", "muon", "combo"}
+    assert json.loads((tmp_path / "sweep.json").read_text()) == merged
+    assert _claim(tmp_path, record("paper", "muon", "wsd", "combo"))["order"] == ["paper", "muon", "wsd", "combo"]
+
+
 def test_a_member_is_a_cram_pretrain_command(tmp_path):
     member = Member(parse_variant("lr:optim.lr=5e-4", "tiny"), 1, tmp_path / "lr" / "seed-1")
     cmd = member.command(Path("/data"), Budget(seconds=100.0))

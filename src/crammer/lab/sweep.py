@@ -187,7 +187,10 @@ def _claim(out: Path, record: dict) -> dict:
             if old is not None and old != definition:
                 raise CrammerError(f"{path}: variant {name!r} was {_show(old)}, now {_show(definition)}; give the "
                                    "new definition another name, or use a new --out")
-        record = {**record, "variants": {**before["variants"], **record["variants"]}}
+        # A rerun with fewer variants (one added later, say) keeps the others in the record and in the order that
+        # `cram compare SWEEP_DIR` reports: this run's order, then the earlier variants it left out.
+        order = [*record["order"], *(name for name in before["order"] if name not in record["order"])]
+        record = {**record, "order": order, "variants": {**before["variants"], **record["variants"]}}
     atomic_write_json(path, record)
     return record
 
