@@ -31,7 +31,6 @@ from typing import Any
 from crammer.config import changed_keys
 from crammer.errors import CrammerError
 from crammer.io import atomic_write_json, atomic_write_text, read_json
-from crammer.report.report import model_flops_per_token
 from crammer.report.document import Bullets, Code, Document, Heading, Image, Paragraph, Table, to_html, to_markdown
 from crammer.runfiles import (
     CHECKPOINT_DIR, CONFIG_FILE, FINAL_DIR, METRICS_FILE, RUN_JSON, SUMMARY_FILE, RunLayout, read_metrics,
@@ -191,6 +190,8 @@ def read_member(path: Path, variant: str | None = None) -> Member:
     glue = read_json(glue_path) if glue_path.is_file() else None
     seed_dir = _SEED_DIR.fullmatch(path.name)
     config = read_json(path / CONFIG_FILE)
+    from crammer.report.report import model_flops_per_token  # here: the report module brings matplotlib along
+
     _, flops = model_flops_per_token(path / FINAL_DIR, corpus.get("seq_len"), config.get("masking"))
     return Member(
         path=path, variant=variant or _default_name(path),
@@ -249,8 +250,10 @@ def compare(runs: list[str | Path], baseline: str | Path | None = None, out: str
     for path, name in expand(runs):
         members.append(read_member(path, name))
     _check_same_validation(members)
+    sweeps = [read_json(Path(p) / SWEEP_FILE) for p in runs if (Path(p) / SWEEP_FILE).is_file()]
     if overrides is None:
-        overrides = _sweep_overrides(runs)
+        overrides = {name: [f"preset={d['preset']}", *d["overrides"]]
+                     for record in sweeps for name, d in record["variants"].items()}
     groups: dict[str, list[Member]] = {}
     for m in members:
         groups.setdefault(m.variant, []).append(m)
@@ -264,21 +267,12 @@ def compare(runs: list[str | Path], baseline: str | Path | None = None, out: str
     base_members = next(iter(groups.values()))
     rows = [_row(name, group, base_members, overrides.get(name)) for name, group in groups.items()]
     rows[0].verdict, rows[0].delta_nats, rows[0].noise_nats = "baseline", None, None
-    sweeps = [read_json(Path(p) / SWEEP_FILE).get("command") for p in runs if (Path(p) / SWEEP_FILE).is_file()]
     command = command or ["cram", "compare", *map(str, runs)]
-    result = Comparison(rows, _notes(members), command, [c for c in sweeps if c and c != command])
+    sweep_commands = [r["command"] for r in sweeps if r.get("command") and r["command"] != command]
+    result = Comparison(rows, _notes(members), command, sweep_commands)
     if out is not None:
         write_report(result, groups, Path(out))
     return result
-
-
-def _sweep_overrides(runs: list[str | Path]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for path in map(Path, runs):
-        if (path / SWEEP_FILE).is_file():
-            for name, definition in read_json(path / SWEEP_FILE)["variants"].items():
-                found[name] = [f"preset={definition['preset']}", *definition["overrides"]]
-    return found
 
 
 def _row(name: str, group: list[Member], base: list[Member], overrides: list[str] | None) -> VariantRow:

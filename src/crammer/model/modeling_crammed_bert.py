@@ -69,20 +69,18 @@ def rotary_cos_sin(seq_len: int, head_dim: int, device: torch.device, position_i
     return angles.cos(), angles.sin()
 
 
-def rotate_half_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None,
-                      inverse: bool = False) -> torch.Tensor:
+def rotate_half_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None
+                      ) -> torch.Tensor:
     """RoPE in the rotate-half layout (Hugging Face's): feature i and i + head_dim/2 of each head turn by one angle,
-    (x1, x2) -> (x1·cos - x2·sin, x2·cos + x1·sin); by minus the angle with `inverse` (the backward pass: the
-    rotation is orthogonal). Into `out` when given (in two fused passes per half), else as a new float32 tensor."""
+    (x1, x2) -> (x1·cos - x2·sin, x2·cos + x1·sin); given -sin, by minus the angle (the backward pass: the rotation
+    is orthogonal). Into `out` when given (in two fused passes per half), else as a new float32 tensor."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    sign = -1.0 if inverse else 1.0
     if out is None:
         x1, x2 = x1.float(), x2.float()
-        return torch.cat((x1 * cos - sign * x2 * sin, x2 * cos + sign * x1 * sin), dim=-1)
-    out1, out2 = out[..., :half], out[..., half:]
-    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-sign)
-    torch.mul(x2, cos, out=out2).addcmul_(x1, sin, value=sign)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    torch.mul(x1, cos, out=out[..., :half]).addcmul_(x2, sin, value=-1.0)
+    torch.mul(x2, cos, out=out[..., half:]).addcmul_(x1, sin)
     return out
 
 
@@ -107,14 +105,14 @@ class _RotaryQKV(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor):
         cos, sin = ctx.saved_tensors
+        minus_sin = -sin  # the gradient turns back by minus the angle
         batch, heads, seq_len, head_dim = grad_q.shape
         grad = grad_q.new_empty(batch, seq_len, 3, heads, head_dim)
         for row in range(batch):
             # the tables (S, 1, 1, half) as (1, S, half), to broadcast over a row's (H, S, half)
-            row_cos, row_sin = (t.flatten(-3, -2).transpose(0, 1) for t in _row_tables(cos, sin, row))
+            row_cos, row_sin = (t.flatten(-3, -2).transpose(0, 1) for t in _row_tables(cos, minus_sin, row))
             for i, grad_rotated in enumerate((grad_q, grad_k)):
-                rotate_half_pairs(grad_rotated[row], row_cos, row_sin, out=grad[row, :, i].transpose(0, 1),
-                                  inverse=True)
+                rotate_half_pairs(grad_rotated[row], row_cos, row_sin, out=grad[row, :, i].transpose(0, 1))
         grad[:, :, 2].copy_(grad_v.transpose(1, 2))
         return grad, None, None
 
