@@ -92,3 +92,29 @@ def test_a_wall_clock_masking_schedule_follows_the_observed_progress_and_constan
     collator = MLMCollator(MaskingConfig(fraction=0.3), 500, SPECIAL)
     tokens = torch.randint(5, 500, (2, 128), generator=torch.Generator().manual_seed(0))
     assert collator(tokens, torch.Generator()).masked_positions.shape[1] == round(0.3 * 128)  # unbucketed as before
+
+
+def test_a_static_shape_compile_builds_one_graph_per_masking_bucket_not_per_step():
+    """`torch.compile(dynamic=False)` (what CUDA graphs need) compiles once per distinct masked count: the
+    schedule's buckets bound that to a handful over a whole run, where an exact count would recompile every step
+    (and hit dynamo's recompile limit). Dynamo's own frame counter with the eager backend: no inductor time."""
+    from torch._dynamo.testing import CompileCounter
+
+    from crammer.model import CrammedBertForMaskedLM, make_config
+
+    torch._dynamo.reset()
+    model = CrammedBertForMaskedLM(make_config("tiny", 500, ["num_hidden_layers=1"])).eval()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, dynamic=False)
+    cfg = MaskingConfig(fraction=0.4, schedule="linear", final_fraction=0.15)
+    schedule = MaskingSchedule(cfg, tokens_per_batch=512, budget_tokens=512 * 200)  # 200 steps
+    collator = MLMCollator(cfg, 500, SPECIAL)
+    tokens = torch.randint(5, 500, (4, 128), generator=torch.Generator().manual_seed(0))
+    counts = set()
+    with torch.no_grad():
+        for k in range(0, 201, 4):
+            batch = collator(tokens, torch.Generator().manual_seed(k), fraction=schedule(k))
+            compiled(batch.input_ids, labels=batch.labels, masked_positions=batch.masked_positions).loss.item()
+            counts.add(batch.masked_positions.shape[1])
+    torch._dynamo.reset()
+    assert 3 <= len(counts) <= 6 and counter.frame_count == len(counts)
