@@ -111,10 +111,12 @@ def test_a_static_shape_compile_builds_one_graph_per_masking_bucket_not_per_step
     collator = MLMCollator(cfg, 500, SPECIAL)
     tokens = torch.randint(5, 500, (4, 128), generator=torch.Generator().manual_seed(0))
     counts = set()
-    with torch.no_grad():
-        for k in range(0, 201, 4):
-            batch = collator(tokens, torch.Generator().manual_seed(k), fraction=schedule(k))
-            compiled(batch.input_ids, labels=batch.labels, masked_positions=batch.masked_positions).loss.item()
-            counts.add(batch.masked_positions.shape[1])
-    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            for k in range(0, 201, 4):
+                batch = collator(tokens, torch.Generator().manual_seed(k), fraction=schedule(k))
+                compiled(batch.input_ids, labels=batch.labels, masked_positions=batch.masked_positions).loss.item()
+                counts.add(batch.masked_positions.shape[1])
+    finally:
+        torch._dynamo.reset()  # no compiled frames left behind for other tests, pass or fail
     assert 3 <= len(counts) <= 6 and counter.frame_count == len(counts)

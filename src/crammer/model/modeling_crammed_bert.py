@@ -88,10 +88,10 @@ class _RotaryQKV(torch.autograd.Function):
     """The projection's (B, S, 3, H, head_dim) output -> rotated queries, rotated keys, values, each (B, H, S,
     head_dim), with a hand-written backward that rotates the gradients straight into the projection's layout.
 
-    For eager float32 on a CPU (CPU pretraining): autograd's version of the same arithmetic (slices, a concatenation, their
-    zero-filled gradients) cost a tenth of a small model's step. One batch row at a time, so that the half-width
-    passes run in the core's own cache (a third faster at d=256). Under torch.compile, and on a GPU (where a launch
-    per row would cost more than it saves), the plain expression is used instead (`rotary_qkv`)."""
+    For eager float32 on a CPU (CPU pretraining): autograd's version of the same arithmetic (slices, a
+    concatenation, their zero-filled gradients) cost a tenth of a small model's step. One batch row at a time, so
+    that the half-width passes run in the core's own cache (a third faster at d=256). Under torch.compile, and on a
+    GPU (where a launch per row would cost more than it saves), the plain expression is used instead (`rotary_qkv`)."""
 
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
